@@ -1,0 +1,27 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+
+from core import health
+from queries.api import QueryCreateApi, QueryDetailApi
+
+urlpatterns = [
+    path("api/query", QueryCreateApi.as_view(), name="query-create"),
+    path("api/query/<str:job_id>", QueryDetailApi.as_view(), name="query-detail"),
+    path("health", health.health, name="health"),
+    path("ready", health.ready, name="ready"),
+]
+
+if settings.METRICS_ENABLED:
+    urlpatterns.append(path("", include("django_prometheus.urls")))
+
+if settings.ADMIN_ENABLED:
+    urlpatterns += [
+        path("admin/rq/", include("django_rq.urls")),
+        path("admin/", admin.site.urls),
+    ]
+
+handler400 = "core.errors.handler400"
+handler403 = "core.errors.handler403"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"
