@@ -1,0 +1,518 @@
+"""Runs the Claude Code CLI (``claude --print``) as a subprocess: the only place that starts it.
+
+Two details matter for a process that must never hang a worker:
+
+- stdin is ``/dev/null``. With an open stdin pipe the CLI waits for input that never comes.
+- The CLI runs in its own session, hence its own process group, and every stop signal goes to the
+  whole group. The CLI starts MCP servers and other helpers; killing only the CLI would leave them
+  running, and a helper that inherited stdout would keep the pipe open so reading never ends. After
+  the CLI exits, whatever is left in its group is stopped as well.
+
+Output is read with a selector in the calling thread, with a cap on stdout and a rolling tail of
+stderr, so a runaway or stuck process can always be abandoned. Every result, failure included, comes
+back as a :class:`ClaudeOutcome`; only an exception raised by the caller's own callbacks (or a signal
+such as rq's job timeout) propagates, after the process group has been killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+logger = logging.getLogger(__name__)
+
+CliErrorType = Literal["cli_timeout", "cli_error", "cli_output_invalid", "cli_not_found", "cancelled"]
+CLI_ERROR_TYPES: tuple[CliErrorType, ...] = (
+    "cli_timeout",
+    "cli_error",
+    "cli_output_invalid",
+    "cli_not_found",
+    "cancelled",
+)
+
+NONESSENTIAL_TRAFFIC_VAR = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
+STDERR_TAIL_BYTES = 8 * 1024
+
+# How often the process state is checked while output is awaited; should_cancel() is called less often
+# since it may query the database.
+_WAIT_STEP = 0.05
+_CANCEL_POLL_INTERVAL = 0.2
+# Leftovers of a CLI that exited by itself get a short grace, not the full kill grace: the CLI is
+# done, and whatever remains in its group is only holding the job up.
+_LEFTOVER_GRACE = 1.0
+# Once the group is gone only a process that left the group (setsid) can still hold the pipes.
+_DRAIN_TIMEOUT = 1.0
+_READ_CHUNK = 64 * 1024
+_MESSAGE_LIMIT = 2000
+_EXCERPT_LIMIT = 200
+_MASK = "***"
+# stdio servers take secrets in env, http and sse servers in headers (Authorization).
+_SECRET_SERVER_KEYS = ("env", "headers")
+
+
+@dataclass(frozen=True)
+class ClaudeInvocation:
+    """One CLI run: the prompt verbatim, plus the model and MCP servers that routing chose."""
+
+    prompt: str
+    model: str | None = None
+    mcp_config: dict[str, Any] | None = None
+    allowed_tools: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        # MCP server env values and headers hold tokens and passwords; repr ends up in logs and tracebacks.
+        return (
+            f"ClaudeInvocation(prompt={self.prompt!r}, model={self.model!r}, "
+            f"mcp_config={_mask_mcp_config(self.mcp_config)!r}, allowed_tools={self.allowed_tools!r})"
+        )
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    binary: str
+    timeout: float
+    kill_grace: float = 5.0
+    workdir: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    max_output_bytes: int = 10 * 1024 * 1024
+    # The environment holds ANTHROPIC_API_KEY: keep it out of repr.
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    disable_nonessential_traffic: bool = True
+
+    @classmethod
+    def from_settings(cls) -> RunnerConfig:
+        from django.conf import settings
+
+        workdir = getattr(settings, "CLAUDE_WORKDIR", None)
+        return cls(
+            binary=getattr(settings, "CLAUDE_BIN", "claude"),
+            timeout=float(getattr(settings, "CLAUDE_TIMEOUT", 120.0)),
+            kill_grace=float(getattr(settings, "CLAUDE_KILL_GRACE", 5.0)),
+            workdir=Path(workdir) if workdir else None,
+            extra_args=tuple(getattr(settings, "CLAUDE_EXTRA_ARGS", ())),
+            max_output_bytes=int(getattr(settings, "CLAUDE_MAX_OUTPUT_BYTES", 10 * 1024 * 1024)),
+            disable_nonessential_traffic=bool(getattr(settings, "CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC", True)),
+        )
+
+
+@dataclass(frozen=True)
+class ClaudeOutcome:
+    ok: bool
+    error_type: CliErrorType | None
+    error_message: str
+    data: dict[str, Any] | None
+    exit_code: int | None
+    stderr: str
+    duration: float
+    pid: int | None
+
+
+def build_argv(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:
+    """The CLI's argv. The prompt always follows ``--``: ``--allowedTools`` and ``--mcp-config``
+    take several values and would otherwise swallow it, and a prompt starting with ``-`` would be
+    read as an option."""
+    argv = [config.binary, "--print", "--output-format", "json"]
+    if invocation.model:
+        argv += ["--model", invocation.model]
+    if invocation.mcp_config and invocation.mcp_config.get("mcpServers"):
+        argv += ["--mcp-config", json.dumps(invocation.mcp_config), "--strict-mcp-config"]
+    if invocation.allowed_tools:
+        argv += ["--allowedTools", *invocation.allowed_tools]
+    argv += [*config.extra_args, "--", invocation.prompt]
+    return argv
+
+
+def run_claude(
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    *,
+    on_start: Callable[[int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> ClaudeOutcome:
+    """Run the CLI once and report what happened.
+
+    ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
+    every 0.2 s and, when it returns True, the run is stopped like a timeout.
+    """
+    started = time.monotonic()
+    env = _child_env(config)
+    try:
+        proc = _start(build_argv(invocation, config), config, env)
+    except _StartError as exc:
+        return _failure("cli_not_found", str(exc), started=started)
+
+    pgid = proc.pid  # start_new_session makes the CLI its group's leader
+    assert proc.stdout is not None and proc.stderr is not None
+    streams = _Streams(proc.stdout, proc.stderr, config.max_output_bytes)
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        stop_reason = _supervise(proc, streams, config, should_cancel, started)
+        exited_by_itself = proc.poll() is not None
+        if stop_reason is not None:
+            _stop_group(proc, pgid, streams, grace=config.kill_grace)
+        elif _group_alive(pgid):
+            logger.info("Claude CLI (pid %s) exited; stopping what it left in its process group", pgid)
+            _stop_group(proc, pgid, streams, grace=min(config.kill_grace, _LEFTOVER_GRACE))
+        if not streams.drain(_DRAIN_TIMEOUT):
+            logger.warning("Claude CLI (pid %s): a process outside its group still holds its output", pgid)
+        if stop_reason is None and streams.overflowed:
+            # The CLI wrote past the cap and exited before the next check saw it.
+            stop_reason = "overflow"
+    except BaseException:
+        _signal_group(pgid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        streams.close()
+
+    stderr = streams.stderr_text()
+    duration = time.monotonic() - started
+    if stop_reason is not None:
+        error_type, message = _stop_message(stop_reason, config, duration)
+        exit_code = proc.returncode if exited_by_itself else None
+        return ClaudeOutcome(False, error_type, message, None, exit_code, stderr, duration, proc.pid)
+
+    data = _parse_result(bytes(streams.stdout))
+    failure = _classify(data, proc.returncode, bytes(streams.stdout), stderr)
+    if failure is None:
+        return ClaudeOutcome(True, None, "", data, proc.returncode, stderr, duration, proc.pid)
+    error_type, message = failure
+    return ClaudeOutcome(False, error_type, message, data, proc.returncode, stderr, duration, proc.pid)
+
+
+# Starting
+
+
+class _StartError(Exception):
+    pass
+
+
+def _child_env(config: RunnerConfig) -> dict[str, str]:
+    env = dict(os.environ if config.env is None else config.env)
+    if config.disable_nonessential_traffic:
+        # Without it every run makes a second upstream request for a session title.
+        env.setdefault(NONESSENTIAL_TRAFFIC_VAR, "1")
+    return env
+
+
+def _resolve_binary(binary: str, env: Mapping[str, str]) -> str:
+    if os.sep in binary or (os.altsep and os.altsep in binary):
+        # Relative to the gateway's directory, not to the CLI's working directory.
+        return os.path.abspath(binary)
+    found = shutil.which(binary, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise _StartError(f"Claude CLI {binary!r} was not found on PATH (CLAUDE_BIN)")
+    return found
+
+
+def _start(argv: list[str], config: RunnerConfig, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    executable = _resolve_binary(config.binary, env)
+    if config.workdir is not None:
+        try:
+            config.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _StartError(
+                f"cannot create the Claude CLI working directory {str(config.workdir)!r} "
+                f"(CLAUDE_WORKDIR): {exc.strerror or exc}"
+            ) from exc
+    try:
+        return subprocess.Popen(
+            [executable, *argv[1:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=config.workdir,
+            env=env,
+            start_new_session=True,
+            bufsize=0,
+        )
+    except FileNotFoundError as exc:
+        raise _StartError(f"Claude CLI {executable!r} does not exist (CLAUDE_BIN)") from exc
+    except PermissionError as exc:
+        raise _StartError(f"Claude CLI {executable!r} is not executable (CLAUDE_BIN)") from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise _StartError(f"cannot start Claude CLI {executable!r} (CLAUDE_BIN): {reason}") from exc
+
+
+# Reading and waiting
+
+
+class _Streams:
+    """stdout (capped) and a rolling stderr tail, read without threads so reading can stop at any time."""
+
+    def __init__(self, stdout: IO[bytes], stderr: IO[bytes], max_stdout: int) -> None:
+        self._files = (stdout, stderr)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(stdout, selectors.EVENT_READ, "stdout")
+        self._selector.register(stderr, selectors.EVENT_READ, "stderr")
+        self._max_stdout = max_stdout
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.overflowed = False
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._selector.get_map())
+
+    def pump(self, timeout: float) -> None:
+        """Read whatever arrives within ``timeout`` seconds."""
+        for key, _ in self._selector.select(max(timeout, 0.0)):
+            chunk = os.read(key.fd, _READ_CHUNK)
+            if not chunk:
+                self._selector.unregister(key.fileobj)
+            elif key.data == "stdout":
+                self._take_stdout(chunk)
+            else:
+                self.stderr += chunk
+                del self.stderr[:-STDERR_TAIL_BYTES]
+
+    def drain(self, timeout: float) -> bool:
+        """Read until both streams reach end of file; False if they are still open after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.is_open:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.pump(remaining)
+        return True
+
+    def stderr_text(self) -> str:
+        return self.stderr.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        self._selector.close()
+        for file in self._files:
+            file.close()
+
+    def _take_stdout(self, chunk: bytes) -> None:
+        # Past the cap the data is dropped but still read, so the writer never blocks on a full pipe.
+        room = self._max_stdout - len(self.stdout)
+        if len(chunk) > room:
+            self.overflowed = True
+        if room > 0:
+            self.stdout += chunk[:room]
+
+
+def _wait_step(proc: subprocess.Popen[bytes], streams: _Streams, timeout: float) -> None:
+    """Read output for up to ``timeout`` seconds; once the pipes are closed, wait for the exit instead.
+
+    The pipes reach end of file a moment before the process can be reaped, so sleeping instead of
+    waiting would add a poll interval to every run."""
+    timeout = max(timeout, 0.0)
+    if streams.is_open:
+        streams.pump(timeout)
+    elif proc.poll() is None:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        time.sleep(timeout)
+
+
+_StopReason = Literal["timeout", "cancelled", "overflow"]
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    streams: _Streams,
+    config: RunnerConfig,
+    should_cancel: Callable[[], bool] | None,
+    started: float,
+) -> _StopReason | None:
+    """Read output until the CLI exits (None) or must be stopped (the reason)."""
+    deadline = started + config.timeout
+    next_cancel_check = time.monotonic() + _CANCEL_POLL_INTERVAL
+    while True:
+        _wait_step(proc, streams, min(_WAIT_STEP, deadline - time.monotonic()))
+        # Overflow wins over a clean exit: the kept output is truncated and cannot be trusted.
+        if streams.overflowed:
+            return "overflow"
+        if proc.poll() is not None:
+            return None
+        now = time.monotonic()
+        if now >= deadline:
+            return "timeout"
+        if should_cancel is not None and now >= next_cancel_check:
+            next_cancel_check = now + _CANCEL_POLL_INTERVAL
+            if should_cancel():
+                return "cancelled"
+
+
+# Stopping the process group
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _stop_group(proc: subprocess.Popen[bytes], pgid: int, streams: _Streams, *, grace: float) -> None:
+    """SIGTERM the group, SIGKILL it if anything is still alive ``grace`` seconds later, reap the CLI."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        _wait_step(proc, streams, min(_WAIT_STEP, deadline - time.monotonic()))
+        if proc.poll() is not None and not _group_alive(pgid):
+            return
+    logger.warning("Claude CLI (pid %s): group still alive %.1f s after SIGTERM; killing it", pgid, grace)
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _group_has_live_member(pgid)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    """Whether a group member is more than a zombie.
+
+    Orphaned members are reparented to init (or a subreaper) and stay zombies until it reaps them;
+    they hold nothing open, so waiting for them would only waste the grace period. Without /proc,
+    every member counts as alive.
+    """
+    try:
+        entries = os.scandir("/proc")
+    except OSError:
+        return True
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            # "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
+
+
+# Outcomes
+
+
+def _failure(error_type: CliErrorType, message: str, *, started: float) -> ClaudeOutcome:
+    return ClaudeOutcome(False, error_type, message, None, None, "", time.monotonic() - started, None)
+
+
+def _stop_message(reason: _StopReason, config: RunnerConfig, duration: float) -> tuple[CliErrorType, str]:
+    if reason == "timeout":
+        return "cli_timeout", f"Claude CLI did not finish within {config.timeout:g} seconds and was stopped"
+    if reason == "cancelled":
+        return "cancelled", f"cancelled after {duration:.1f} seconds; the Claude CLI was stopped"
+    limit = config.max_output_bytes
+    return "cli_output_invalid", f"Claude CLI output exceeded {limit} bytes and the process was stopped"
+
+
+def _parse_result(stdout: bytes) -> dict[str, Any] | None:
+    """The result object: the whole output, or else the last line that is a ``"type": "result"`` object
+    (as with ``--output-format stream-json`` in CLAUDE_EXTRA_ARGS)."""
+    text = stdout.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        return whole if isinstance(whole, dict) else None
+    for line in reversed(text.splitlines()):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("type") == "result":
+            return obj
+    return None
+
+
+def _classify(
+    data: dict[str, Any] | None, exit_code: int, stdout: bytes, stderr: str
+) -> tuple[CliErrorType, str] | None:
+    """None for a successful run, else the error type and message."""
+    if data is None:
+        if exit_code != 0:
+            return "cli_error", _exit_message(exit_code, stderr)
+        if not stdout.strip():
+            return "cli_output_invalid", "Claude CLI exited 0 without printing anything"
+        return "cli_output_invalid", f"Claude CLI printed no JSON result: {_excerpt(stdout)}"
+
+    cli_text = data.get("result") if isinstance(data.get("result"), str) else ""
+    subtype = data.get("subtype")
+    api_status = data.get("api_error_status")
+    if data.get("is_error"):
+        # The CLI's own words ("Not logged in · Please run /login", "API Error: 400 ...") say it best.
+        return "cli_error", _shorten(cli_text) or _exit_message(exit_code, stderr)
+    if api_status is not None:
+        return "cli_error", _with_detail(f"Claude CLI reported API error status {api_status}", cli_text)
+    if subtype is not None and subtype != "success":
+        return "cli_error", _with_detail(f"Claude CLI stopped with subtype {subtype!r}", cli_text)
+    if exit_code != 0:
+        return "cli_error", _exit_message(exit_code, stderr)
+    if data.get("type") != "result" or data.get("is_error") is not False or subtype != "success":
+        return "cli_output_invalid", f"Claude CLI printed JSON that is not a result: {_excerpt(stdout)}"
+    return None
+
+
+def _exit_message(exit_code: int, stderr: str) -> str:
+    if exit_code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            how = f"was killed by signal {-exit_code}"
+    else:
+        how = f"exited with code {exit_code}"
+    return _with_detail(f"Claude CLI {how}", stderr.strip()[-500:].strip())
+
+
+def _with_detail(summary: str, detail: str) -> str:
+    return _shorten(f"{summary}: {detail}" if detail else summary)
+
+
+def _excerpt(stdout: bytes) -> str:
+    text = " ".join(stdout.decode("utf-8", errors="replace").split())
+    return repr(_shorten(text, _EXCERPT_LIMIT))
+
+
+def _shorten(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mask_mcp_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    servers = config.get("mcpServers") if isinstance(config, dict) else None
+    if not isinstance(servers, dict):
+        return config
+    return {**config, "mcpServers": {name: _mask_server(server) for name, server in servers.items()}}
+
+
+def _mask_server(server: Any) -> Any:
+    if not isinstance(server, dict):
+        return server
+    masked = dict(server)
+    for key in _SECRET_SERVER_KEYS:
+        if isinstance(masked.get(key), dict):
+            masked[key] = dict.fromkeys(masked[key], _MASK)
+    return masked
