@@ -1,0 +1,153 @@
+"""The public REST API: thin views over queries.services."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.errors import NotFound
+from queries import services
+from queries.models import Job, Priority, QueryRequest
+from webhooks.services import UnsafeWebhookUrl, webhook_url_check
+
+MODEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:[]@/")
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of turning them into text."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """Only JSON true and false: "yes", 1 or "0" are mistakes worth reporting."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class QueryCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        query = StrictCharField(trim_whitespace=False, allow_blank=True)
+        webhookUrl = StrictCharField(required=False, trim_whitespace=False, allow_blank=False)  # noqa: N815
+        priority = serializers.ChoiceField(choices=Priority.values, required=False, default=Priority.NORMAL)
+        model = StrictCharField(required=False, allow_null=True, max_length=100)
+        metadata = serializers.JSONField(required=False, allow_null=True)
+        noCache = StrictBooleanField(required=False, default=False)  # noqa: N815
+
+        def to_internal_value(self, data: Any) -> Any:
+            if not isinstance(data, dict):
+                raise serializers.ValidationError({"non_field_errors": ["The body must be a JSON object."]})
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {
+                        "non_field_errors": [f"Unknown field(s): {', '.join(unknown)}."],
+                        "unknownFields": unknown,
+                    }
+                )
+            return super().to_internal_value(data)
+
+        def validate_query(self, value: str) -> str:
+            if not value.strip():
+                raise serializers.ValidationError("This field may not be blank.")
+            if len(value) > settings.QUERY_MAX_CHARS:
+                raise serializers.ValidationError(
+                    f"Ensure this field has no more than {settings.QUERY_MAX_CHARS} characters."
+                )
+            return value
+
+        def validate_webhookUrl(self, value: str) -> str:  # noqa: N802
+            try:
+                webhook_url_check(value)
+            except UnsafeWebhookUrl as exc:
+                raise serializers.ValidationError(f"The webhook URL {exc}.") from None
+            return value
+
+        def validate_model(self, value: str | None) -> str | None:
+            if value is None:
+                return None
+            if not value or value[0] in "-@/" or not set(value) <= MODEL_NAME_CHARS:
+                raise serializers.ValidationError(
+                    "Must be a model name or alias: letters, digits and - . _ : [ ] @ /, not starting with -."
+                )
+            return value
+
+        def validate_metadata(self, value: Any) -> Any:
+            if value is None:
+                return None
+            if not isinstance(value, dict):
+                raise serializers.ValidationError("Must be a JSON object.")
+            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > settings.METADATA_MAX_BYTES:
+                raise serializers.ValidationError(
+                    f"Is {size} bytes as JSON; the limit is {settings.METADATA_MAX_BYTES}."
+                )
+            return value
+
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        submission = services.query_submit(
+            api_key=request.auth,
+            query=data["query"],
+            priority=data["priority"],
+            model=data.get("model"),
+            webhook_url=data.get("webhookUrl", ""),
+            metadata=data.get("metadata"),
+            no_cache=data["noCache"],
+        )
+        body: dict[str, Any] = {
+            "requestId": str(submission.request.id),
+            "jobId": str(submission.job_id),
+            "status": submission.job_state,
+        }
+        if submission.outcome == QueryRequest.Outcome.CACHED:
+            body.update(status="completed", cached=True, result=submission.result)
+            return Response(body, status=status.HTTP_200_OK)
+        if submission.outcome == QueryRequest.Outcome.DEDUPLICATED:
+            body["deduplicated"] = True
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+class QueryDetailApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        def to_representation(self, job: Job) -> dict[str, Any]:
+            return {
+                "jobId": str(job.id),
+                "state": job.state,
+                "progress": job.progress,
+                "priority": job.priority,
+                "createdAt": _iso(job.created_at),
+                "startedAt": _iso(job.started_at),
+                "finishedAt": _iso(job.finished_at),
+                "result": job.result_payload(),
+                "error": job.error_payload(),
+            }
+
+    def get(self, request: Request, job_id: str) -> Response:
+        try:
+            parsed = uuid.UUID(job_id)
+        except ValueError:
+            raise NotFound(f"No job {job_id[:100]!r}: job ids are UUIDs.") from None
+        job = services.job_get_for_caller(job_id=parsed, api_key=request.auth)
+        if job is None:
+            raise NotFound(f"No job {parsed}.")
+        return Response(self.OutputSerializer(job).data)

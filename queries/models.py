@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+
+
+class Priority(models.TextChoices):
+    HIGH = "high", "High"
+    NORMAL = "normal", "Normal"
+    LOW = "low", "Low"
+
+
+# rq queue per priority; workers take them in this order.
+PRIORITY_QUEUES: dict[str, str] = {Priority.HIGH: "high", Priority.NORMAL: "default", Priority.LOW: "low"}
+
+
+class ApiKey(models.Model):
+    """A caller's credential. Only the SHA-256 of the key is stored; the key is shown once."""
+
+    PREFIX = "cgw_"
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, for recognising it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Job(models.Model):
+    """One execution of the Claude CLI, shared by every request that was joined onto it."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class ErrorType(models.TextChoices):
+        CLI_TIMEOUT = "cli_timeout"
+        CLI_ERROR = "cli_error"
+        CLI_OUTPUT_INVALID = "cli_output_invalid"
+        CLI_NOT_FOUND = "cli_not_found"
+        WORKER_LOST = "worker_lost"
+        CANCELLED = "cancelled"
+        BUDGET_EXCEEDED = "budget_exceeded"
+        QUEUE_UNAVAILABLE = "queue_unavailable"
+        INTERNAL_ERROR = "internal_error"
+
+    FINISHED_STATES = (State.COMPLETED, State.FAILED, State.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    hash = models.CharField(max_length=64, db_index=True)
+    query = models.TextField(help_text="The first submitter's text, passed to the CLI verbatim.")
+    normalized_query = models.TextField()
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    model = models.CharField(max_length=100, blank=True, default="")
+    intent = models.CharField(max_length=100, default="general")
+    mcp_servers = models.JSONField(default=list, blank=True)
+    use_cache = models.BooleanField(default=True, help_text="False when the submitter asked for noCache.")
+    served_from_cache = models.BooleanField(default=False)
+
+    response = models.TextField(blank=True, default="")
+    cli_output = models.JSONField(null=True, blank=True, help_text="The CLI's parsed JSON result.")
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_read_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_creation_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True, help_text="The CLI's own duration.")
+    num_turns = models.PositiveIntegerField(null=True, blank=True)
+    session_id = models.CharField(max_length=100, blank=True, default="")
+    exit_code = models.IntegerField(null=True, blank=True)
+    stderr_tail = models.TextField(blank=True, default="")
+    error_type = models.CharField(max_length=32, choices=ErrorType.choices, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+
+    rq_job_id = models.CharField(max_length=64, blank=True, default="")
+    worker_name = models.CharField(max_length=200, blank=True, default="")
+    cli_pid = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # Operators' "what is queued / running / failed lately" questions.
+            models.Index(fields=["state", "created_at"], name="job_state_created_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_at_most_100"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in self.FINISHED_STATES
+
+    def result_payload(self) -> dict[str, Any] | None:
+        """The contract's Result object, or None until the job has completed."""
+        return self.build_result() if self.state == self.State.COMPLETED else None
+
+    def build_result(self) -> dict[str, Any]:
+        return {
+            "response": self.response,
+            "format": response_format(self.response),
+            "model": self.model or _model_from_output(self.cli_output),
+            "intent": self.intent,
+            "mcpServers": list(self.mcp_servers or []),
+            "sessionId": self.session_id or None,
+            "durationMs": self.duration_ms,
+            "numTurns": self.num_turns,
+            "costUsd": float(self.cost_usd) if self.cost_usd is not None else None,
+            "usage": {
+                "inputTokens": self.input_tokens,
+                "outputTokens": self.output_tokens,
+                "cacheReadInputTokens": self.cache_read_input_tokens,
+                "cacheCreationInputTokens": self.cache_creation_input_tokens,
+            },
+        }
+
+    def error_payload(self) -> dict[str, str] | None:
+        if not self.error_type:
+            return None
+        return {"type": self.error_type, "message": self.error_message}
+
+
+class QueryRequest(models.Model):
+    """Every submission, whatever its outcome: the database is the record."""
+
+    class Outcome(models.TextChoices):
+        QUEUED = "queued", "Queued (new job)"
+        DEDUPLICATED = "deduplicated", "Joined an in-flight job"
+        CACHED = "cached", "Answered from cache"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
+    )
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="requests")
+    query = models.TextField()
+    hash = models.CharField(max_length=64, db_index=True)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    model = models.CharField(max_length=100, blank=True, default="")
+    webhook_url = models.CharField(max_length=2048, blank=True, default="")
+    metadata = models.JSONField(null=True, blank=True)
+    no_cache = models.BooleanField(default=False)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The visibility check of GET /api/query/{jobId}: does one of this key's requests point here?
+            models.Index(fields=["job", "api_key"], name="request_job_key_idx"),
+            models.Index(fields=["api_key", "created_at"], name="request_key_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} → {self.job_id} ({self.outcome})"
+
+
+def response_format(text: str) -> str:
+    """``json`` when the answer text is a JSON object or array, else ``text``.
+
+    A bare number or word ("4", "true") parses as JSON too, but callers asked a question and got a
+    short answer: that is text, as the original gateway reported it.
+    """
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "{[":
+        return "text"
+    try:
+        json.loads(stripped)
+    except ValueError:
+        return "text"
+    return "json"
+
+
+def _model_from_output(output: dict | None) -> str | None:
+    usage = (output or {}).get("modelUsage")
+    if isinstance(usage, dict) and usage:
+        return next(iter(usage))
+    return None

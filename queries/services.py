@@ -1,0 +1,480 @@
+"""The query pipeline: submit (cache, dedup, queue) and run (the CLI, the result, the cache).
+
+Redis holds only what can be rebuilt or may expire (cache entries, in-flight marks, queue entries);
+the database is the record of every submission and every execution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+import unicodedata
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import django_rq
+from django.conf import settings
+from django.db import IntegrityError
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+from redis import Redis
+from redis.exceptions import RedisError
+
+from core.errors import Overloaded
+from core.redis import redis_client
+from queries import runner
+from queries.models import PRIORITY_QUEUES, ApiKey, Job, Priority, QueryRequest
+from routing.services import Route, route_for_job, route_query
+
+logger = logging.getLogger(__name__)
+
+CACHE_KEY = "claude:{}"
+DEDUP_KEY = "dedup:{}"
+
+# How long a submitter that lost the dedup race waits for the winner's Job row to appear. The winner
+# inserts it right after claiming the mark, so this only runs out if the winner died in between.
+DEDUP_JOIN_WAIT = 2.0
+SUBMIT_ATTEMPTS = 3
+
+# Delete the in-flight mark only if it still names this job: a later submission may own it by now.
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+# --- normalization and hashing ---------------------------------------------------------------------
+
+
+def normalize_query(text: str) -> str:
+    """Unicode NFC, trimmed, whitespace runs collapsed to one space, lowercased."""
+    return " ".join(unicodedata.normalize("NFC", text).split()).lower()
+
+
+def query_hash(*, normalized: str, model: str | None, servers: Iterable[str]) -> str:
+    """SHA-256 over a canonical JSON of what decides the answer: query, model and MCP servers."""
+    canonical = json.dumps(
+        {"query": normalized, "model": model or None, "mcpServers": sorted(servers)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- the cache and the in-flight marks -------------------------------------------------------------
+
+
+def cache_get(*, query_hash: str, redis: Redis | None = None) -> dict[str, Any] | None:
+    """The cached ``{"jobId", "result"}`` for a hash, or None. A Redis failure counts as a miss."""
+    try:
+        raw = (redis or redis_client()).get(CACHE_KEY.format(query_hash))
+    except RedisError:
+        logger.warning("cache lookup failed; treating as a miss", exc_info=True)
+        return None
+    if raw is None:
+        return None
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        logger.warning("unreadable cache entry %s; ignoring it", CACHE_KEY.format(query_hash))
+        return None
+    if not isinstance(entry, dict) or "jobId" not in entry or "result" not in entry:
+        return None
+    return entry
+
+
+def cache_put(*, job: Job, redis: Redis | None = None) -> bool:
+    """Cache a completed job's result under its hash for CACHE_TTL. Returns False if Redis failed."""
+    entry = {"jobId": str(job.id), "result": job.build_result()}
+    try:
+        (redis or redis_client()).set(
+            CACHE_KEY.format(job.hash), json.dumps(entry, separators=(",", ":")), ex=settings.CACHE_TTL
+        )
+    except RedisError:
+        logger.error("could not cache the result of job %s", job.id, exc_info=True)
+        return False
+    return True
+
+
+def dedup_release(*, query_hash: str, job_id: uuid.UUID | str, redis: Redis | None = None) -> None:
+    """Clear the in-flight mark for a hash if it still names ``job_id``."""
+    try:
+        (redis or redis_client()).eval(_RELEASE_SCRIPT, 1, DEDUP_KEY.format(query_hash), str(job_id))
+    except RedisError:
+        # The mark expires after DEDUP_TTL; until then identical queries join a finished job and
+        # are sent on to the cache or a new job by query_submit.
+        logger.error("could not clear the in-flight mark of job %s", job_id, exc_info=True)
+
+
+# --- submit ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a submission led to: its request row, the job it belongs to, and a cached result if any."""
+
+    request: QueryRequest
+    job_id: uuid.UUID
+    job_state: str
+    result: dict[str, Any] | None = None
+
+    @property
+    def outcome(self) -> str:
+        return self.request.outcome
+
+
+def query_submit(
+    *,
+    api_key: ApiKey | None,
+    query: str,
+    priority: str = Priority.NORMAL,
+    model: str | None = None,
+    webhook_url: str = "",
+    metadata: dict[str, Any] | None = None,
+    no_cache: bool = False,
+) -> Submission:
+    """Answer from the cache, join an identical in-flight job, or queue a new one.
+
+    Every call records a QueryRequest. N identical concurrent calls make exactly one Job: the
+    in-flight mark is claimed with SET NX before the Job row exists.
+    """
+    normalized = normalize_query(query)
+    route = route_query(query=query)
+    digest = query_hash(normalized=normalized, model=model, servers=route.server_names)
+    redis = redis_client()
+    request_fields = {
+        "api_key": api_key,
+        "query": query,
+        "hash": digest,
+        "priority": priority,
+        "model": model or "",
+        "webhook_url": webhook_url,
+        "metadata": metadata,
+        "no_cache": no_cache,
+    }
+
+    for _ in range(SUBMIT_ATTEMPTS):
+        if settings.CACHE_ENABLED and not no_cache:
+            submission = _submit_from_cache(query_hash=digest, redis=redis, request_fields=request_fields)
+            if submission is not None:
+                return submission
+
+        job_id = uuid.uuid4()
+        if settings.DEDUP_ENABLED:
+            try:
+                claimed = redis.set(DEDUP_KEY.format(digest), str(job_id), nx=True, ex=settings.DEDUP_TTL)
+            except RedisError as exc:
+                raise Overloaded("The queue is unavailable; try again shortly.") from exc
+            if not claimed:
+                submission = _submit_join(query_hash=digest, redis=redis, request_fields=request_fields)
+                if submission is not None:
+                    return submission
+                continue
+            if settings.CACHE_ENABLED and not no_cache:
+                # The job that held the mark may have cached its answer and released the mark since our
+                # lookup above; workers cache before they release, so one more look settles it.
+                submission = _submit_from_cache(query_hash=digest, redis=redis, request_fields=request_fields)
+                if submission is not None:
+                    dedup_release(query_hash=digest, job_id=job_id, redis=redis)
+                    return submission
+
+        return _submit_new_job(
+            job_id=job_id,
+            query_hash=digest,
+            normalized=normalized,
+            route=route,
+            no_cache=no_cache,
+            redis=redis,
+            request_fields=request_fields,
+        )
+    raise Overloaded("Could not settle an identical in-flight query; try again.")
+
+
+def _submit_from_cache(*, query_hash: str, redis: Redis, request_fields: dict[str, Any]) -> Submission | None:
+    entry = cache_get(query_hash=query_hash, redis=redis)
+    if entry is None:
+        return None
+    try:
+        job_id = uuid.UUID(str(entry["jobId"]))
+        request = QueryRequest.objects.create(
+            job_id=job_id, outcome=QueryRequest.Outcome.CACHED, **request_fields
+        )
+    except (IntegrityError, ValueError):
+        # The job that produced the entry is gone (deleted by an operator): the entry is useless.
+        logger.warning("cache entry for %s names a missing job; ignoring it", query_hash)
+        return None
+    return Submission(request=request, job_id=job_id, job_state=Job.State.COMPLETED, result=entry["result"])
+
+
+def _submit_join(*, query_hash: str, redis: Redis, request_fields: dict[str, Any]) -> Submission | None:
+    """Join the job that holds the in-flight mark; None means "try again from the top"."""
+    try:
+        holder = redis.get(DEDUP_KEY.format(query_hash))
+    except RedisError as exc:
+        raise Overloaded("The queue is unavailable; try again shortly.") from exc
+    if holder is None:
+        return None
+    holder_id = holder.decode() if isinstance(holder, bytes) else str(holder)
+    job = _wait_for_job(holder_id)
+    if job is None or job.is_finished:
+        # A finished job's mark is about to be cleared (or its worker died): drop it, then the next
+        # round finds the cached answer or makes a new job.
+        dedup_release(query_hash=query_hash, job_id=holder_id, redis=redis)
+        return None
+    request = QueryRequest.objects.create(
+        job=job, outcome=QueryRequest.Outcome.DEDUPLICATED, **request_fields
+    )
+    return Submission(request=request, job_id=job.id, job_state=job.state)
+
+
+def _wait_for_job(job_id: str) -> Job | None:
+    deadline = time.monotonic() + DEDUP_JOIN_WAIT
+    delay = 0.005
+    while True:
+        try:
+            job = Job.objects.only("id", "state").filter(id=job_id).first()
+        except (ValueError, TypeError):
+            return None
+        if job is not None or time.monotonic() >= deadline:
+            return job
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _submit_new_job(
+    *,
+    job_id: uuid.UUID,
+    query_hash: str,
+    normalized: str,
+    route: Route,
+    no_cache: bool,
+    redis: Redis,
+    request_fields: dict[str, Any],
+) -> Submission:
+    # Autocommit: the row is visible at once to identical submissions waiting in _wait_for_job.
+    job = Job.objects.create(
+        id=job_id,
+        hash=query_hash,
+        query=request_fields["query"],
+        normalized_query=normalized,
+        priority=request_fields["priority"],
+        model=request_fields["model"],
+        intent=route.intent,
+        mcp_servers=route.server_names,
+        use_cache=not no_cache,
+        rq_job_id=str(job_id),
+    )
+    request = QueryRequest.objects.create(job=job, outcome=QueryRequest.Outcome.QUEUED, **request_fields)
+    try:
+        job_enqueue(job=job)
+    except RedisError as exc:
+        job_fail(
+            job=job,
+            error_type=Job.ErrorType.QUEUE_UNAVAILABLE,
+            message=f"The job could not be queued: {exc}",
+        )
+        raise Overloaded(
+            "The queue is unavailable; try again shortly.", details={"jobId": str(job.id)}
+        ) from exc
+    return Submission(request=request, job_id=job.id, job_state=job.state)
+
+
+_queues: dict[str, Any] = {}
+
+
+def job_enqueue(*, job: Job) -> None:
+    """Put a job on its priority's rq queue. Only the job id travels: rq's admin shows job arguments.
+
+    django-rq defers the enqueue to the end of the surrounding database transaction (COMMIT_MODE
+    on_db_commit), so a worker never picks up a job whose row it cannot see yet.
+    """
+    name = PRIORITY_QUEUES[job.priority]
+    queue = _queues.get(name)
+    if queue is None:
+        queue = _queues[name] = django_rq.get_queue(name)
+    queue.enqueue(
+        "queries.tasks.run_job",
+        str(job.id),
+        job_id=job.rq_job_id or str(job.id),
+        job_timeout=settings.RQ_JOB_TIMEOUT,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"run job {job.id}",
+    )
+
+
+# --- run -------------------------------------------------------------------------------------------
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def job_run(*, job_id: uuid.UUID | str) -> Job | None:
+    """Claim a queued job, run the CLI for it, and record the outcome.
+
+    Returns the finished job, or None if another worker had claimed it (or it was cancelled).
+    """
+    claimed = Job.objects.filter(id=job_id, state=Job.State.QUEUED).update(
+        state=Job.State.RUNNING, started_at=timezone.now(), worker_name=_worker_name(), progress=0
+    )
+    if claimed != 1:
+        logger.info("job %s was not queued any more; skipping it", job_id)
+        return None
+    job = Job.objects.get(id=job_id)
+    try:
+        if job.use_cache and settings.CACHE_ENABLED:
+            entry = cache_get(query_hash=job.hash)
+            if entry is not None:
+                return _job_complete_from_cache(job=job, entry=entry)
+        return _job_execute(job=job)
+    except Exception as exc:
+        logger.exception("job %s failed inside the gateway", job.id)
+        job_fail(job=job, error_type=Job.ErrorType.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        dedup_release(query_hash=job.hash, job_id=job.id)
+
+
+def _job_execute(*, job: Job) -> Job:
+    route = route_for_job(intent=job.intent, server_names=job.mcp_servers)
+    invocation = runner.ClaudeInvocation(
+        prompt=job.query,
+        model=job.model or None,
+        mcp_config=route.mcp_config(),
+        allowed_tools=route.allowed_tools(),
+    )
+
+    def on_start(pid: int) -> None:
+        Job.objects.filter(id=job.id).update(progress=10, cli_pid=pid)
+
+    outcome = runner.run_claude(invocation, runner.RunnerConfig.from_settings(), on_start=on_start)
+    _record_cli_output(job=job, outcome=outcome)
+    if not outcome.ok:
+        return job_fail(
+            job=job,
+            error_type=outcome.error_type or Job.ErrorType.CLI_ERROR,
+            message=outcome.error_message,
+            extra_fields=["cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS],
+        )
+
+    job.progress = 80
+    job.save(update_fields=["progress", "response", "cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS])
+    # Cache before the job is marked completed: a submission that finds the in-flight mark naming a
+    # finished job goes to the cache next, and must find the answer there. A noCache submission's
+    # answer is cached too: noCache skips the lookup, not the store.
+    if settings.CACHE_ENABLED and cache_put(job=job):
+        Job.objects.filter(id=job.id).update(progress=90)
+    return _job_finish(job=job, state=Job.State.COMPLETED)
+
+
+_USAGE_FIELDS = [
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "duration_ms",
+    "num_turns",
+    "session_id",
+]
+
+
+def _record_cli_output(*, job: Job, outcome: runner.ClaudeOutcome) -> None:
+    data = outcome.data or {}
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    job.cli_output = outcome.data
+    job.exit_code = outcome.exit_code
+    job.stderr_tail = outcome.stderr[-8192:] if not outcome.ok else ""
+    job.response = data.get("result") if outcome.ok and isinstance(data.get("result"), str) else ""
+    job.cost_usd = _decimal(data.get("total_cost_usd"))
+    job.input_tokens = _count(usage.get("input_tokens"))
+    job.output_tokens = _count(usage.get("output_tokens"))
+    job.cache_read_input_tokens = _count(usage.get("cache_read_input_tokens"))
+    job.cache_creation_input_tokens = _count(usage.get("cache_creation_input_tokens"))
+    job.duration_ms = _count(data.get("duration_ms"))
+    job.num_turns = _count(data.get("num_turns"))
+    job.session_id = str(data.get("session_id") or "")[:100]
+    if not job.model and isinstance(data.get("modelUsage"), dict) and data["modelUsage"]:
+        job.model = str(next(iter(data["modelUsage"])))[:100]
+        job.save(update_fields=["model"])
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value)).quantize(Decimal("0.000001"))
+    except InvalidOperation:
+        return None
+
+
+def _job_complete_from_cache(*, job: Job, entry: dict[str, Any]) -> Job:
+    """Another job answered the same query while this one waited: reuse that answer."""
+    result = entry["result"] or {}
+    usage = result.get("usage") or {}
+    job.response = result.get("response") or ""
+    job.served_from_cache = True
+    job.session_id = result.get("sessionId") or ""
+    job.num_turns = result.get("numTurns")
+    job.duration_ms = result.get("durationMs")
+    job.input_tokens = usage.get("inputTokens")
+    job.output_tokens = usage.get("outputTokens")
+    job.cache_read_input_tokens = usage.get("cacheReadInputTokens")
+    job.cache_creation_input_tokens = usage.get("cacheCreationInputTokens")
+    job.model = job.model or (result.get("model") or "")
+    job.cost_usd = Decimal(0)  # nothing was spent on this execution
+    job.save(update_fields=["response", "served_from_cache", "model", *_USAGE_FIELDS])
+    return _job_finish(job=job, state=Job.State.COMPLETED)
+
+
+def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Job:
+    job.state = state
+    job.progress = 100
+    job.finished_at = timezone.now()
+    job.save(update_fields=["state", "progress", "finished_at", "error_type", "error_message", *extra_fields])
+    logger.info("job %s %s", job.id, state)
+    return job
+
+
+def job_fail(*, job: Job, error_type: str, message: str, extra_fields: Iterable[str] = ()) -> Job:
+    """Record a job's failure. Errors are never cached."""
+    job.error_type = error_type
+    job.error_message = message[:10_000]
+    return _job_finish(job=job, state=Job.State.FAILED, extra_fields=extra_fields)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def job_get_for_caller(*, job_id: uuid.UUID, api_key: ApiKey | None) -> Job | None:
+    """The job if one of the caller's own requests points to it (anonymous callers: anonymous requests)."""
+    own = QueryRequest.objects.filter(job_id=OuterRef("pk"))
+    own = own.filter(api_key=api_key) if api_key is not None else own.filter(api_key__isnull=True)
+    return Job.objects.filter(id=job_id).filter(Exists(own)).first()
+
+
+# --- API keys --------------------------------------------------------------------------------------
+
+
+def api_key_create(*, name: str) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the plaintext key, which is stored nowhere and shown once."""
+    name = name.strip()
+    if not name:
+        raise ValueError("An API key needs a name.")
+    key = ApiKey.PREFIX + secrets.token_urlsafe(32)
+    api_key = ApiKey.objects.create(name=name[:100], prefix=key[:12], key_hash=ApiKey.hash_key(key))
+    return api_key, key
