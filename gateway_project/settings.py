@@ -176,6 +176,7 @@ RQ_QUEUE_NAMES = ["high", "default", "low"]
 RQ_JOB_TIMEOUT = int(CLAUDE_TIMEOUT + CLAUDE_KILL_GRACE + 60)
 RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": RQ_JOB_TIMEOUT} for name in RQ_QUEUE_NAMES}
 RQ_SHOW_ADMIN_LINK = True
+RQ = {"WORKER_CLASS": "queries.worker.GatewayWorker"}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["queries.auth.ApiKeyAuthentication"],

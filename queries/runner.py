@@ -516,3 +516,9 @@ def _mask_server(server: Any) -> Any:
         if isinstance(masked.get(key), dict):
             masked[key] = dict.fromkeys(masked[key], _MASK)
     return masked
+
+
+def kill_orphaned_group(pgid: int) -> None:
+    """SIGKILL a CLI's process group whose supervisor died (the CLI runs in a session of its own,
+    so it outlives the worker process that started it)."""
+    _signal_group(pgid, signal.SIGKILL)

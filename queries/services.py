@@ -457,6 +457,30 @@ def job_fail(*, job: Job, error_type: str, message: str, extra_fields: Iterable[
     return _job_finish(job=job, state=Job.State.FAILED, extra_fields=extra_fields)
 
 
+def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
+    """Fail a running job whose worker died, killing its CLI if it runs on this host.
+
+    Returns False if the job was not running (it finished, or someone else settled it).
+    """
+    job = Job.objects.filter(id=job_id, state=Job.State.RUNNING).first()
+    if job is None:
+        return False
+    host = job.worker_name.rpartition(":")[0]
+    if job.cli_pid and host == socket.gethostname():
+        runner.kill_orphaned_group(job.cli_pid)
+    settled = Job.objects.filter(id=job.id, state=Job.State.RUNNING).update(
+        state=Job.State.FAILED,
+        error_type=Job.ErrorType.WORKER_LOST,
+        error_message=reason,
+        progress=100,
+        finished_at=timezone.now(),
+    )
+    dedup_release(query_hash=job.hash, job_id=job.id)
+    if settled:
+        logger.warning("job %s: %s", job.id, reason)
+    return bool(settled)
+
+
 # --- reading ---------------------------------------------------------------------------------------
 
 
