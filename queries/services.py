@@ -33,6 +33,7 @@ from core.redis import redis_client
 from queries import runner
 from queries.models import PRIORITY_QUEUES, ApiKey, Job, Priority, QueryRequest
 from routing.services import Route, route_for_job, route_query
+from webhooks import services as webhook_services
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,7 @@ def _submit_from_cache(*, query_hash: str, redis: Redis, request_fields: dict[st
         # The job that produced the entry is gone (deleted by an operator): the entry is useless.
         logger.warning("cache entry for %s names a missing job; ignoring it", query_hash)
         return None
+    request_recorded(request=request)
     return Submission(request=request, job_id=job_id, job_state=Job.State.COMPLETED, result=entry["result"])
 
 
@@ -233,6 +235,7 @@ def _submit_join(*, query_hash: str, redis: Redis, request_fields: dict[str, Any
     request = QueryRequest.objects.create(
         job=job, outcome=QueryRequest.Outcome.DEDUPLICATED, **request_fields
     )
+    request_recorded(request=request)
     return Submission(request=request, job_id=job.id, job_state=job.state)
 
 
@@ -447,7 +450,21 @@ def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Jo
     job.finished_at = timezone.now()
     job.save(update_fields=["state", "progress", "finished_at", "error_type", "error_message", *extra_fields])
     logger.info("job %s %s", job.id, state)
+    job_finished(job=job)
     return job
+
+
+# --- what follows an outcome -------------------------------------------------------------------------
+
+
+def request_recorded(*, request: QueryRequest) -> None:
+    """A joined or cache-answered request was recorded; its outcome may already be known."""
+    webhook_services.webhook_on_request(request=request)
+
+
+def job_finished(*, job: Job) -> None:
+    """A job reached a final state: every request that points to it now has its outcome."""
+    webhook_services.webhook_on_job_finished(job=job)
 
 
 def job_fail(*, job: Job, error_type: str, message: str, extra_fields: Iterable[str] = ()) -> Job:
@@ -478,6 +495,8 @@ def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
     dedup_release(query_hash=job.hash, job_id=job.id)
     if settled:
         logger.warning("job %s: %s", job.id, reason)
+        job.refresh_from_db()
+        job_finished(job=job)
     return bool(settled)
 
 

@@ -1,4 +1,4 @@
-"""Webhook URL safety checks."""
+"""Webhooks: URL safety checks and delivery of outcomes to callers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import socket
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from queries.models import Job, QueryRequest
 
 WEBHOOK_URL_MAX_CHARS = 2048
 # Spellings of IPv4 that resolvers accept but people do not read as an address: 2130706433, 0x7f.1, 017.0.0.1.
@@ -76,3 +78,11 @@ def webhook_url_check(url: str, *, allow_private: bool | None = None, resolve: b
         address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         if not address_is_public(address):
             raise UnsafeWebhookUrl(f"host {host!r} resolves to a non-public address ({address})")
+
+
+def webhook_on_request(*, request: QueryRequest) -> None:
+    """Called when a joined or cache-answered request is recorded (its outcome may be known already)."""
+
+
+def webhook_on_job_finished(*, job: Job) -> None:
+    """Called once when a job reaches a final state (completed, failed, cancelled)."""
