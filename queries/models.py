@@ -62,6 +62,7 @@ class Job(models.Model):
         CANCELLED = "cancelled"
         BUDGET_EXCEEDED = "budget_exceeded"
         QUEUE_UNAVAILABLE = "queue_unavailable"
+        MCP_UNAVAILABLE = "mcp_unavailable"
         INTERNAL_ERROR = "internal_error"
 
     FINISHED_STATES = (State.COMPLETED, State.FAILED, State.CANCELLED)
