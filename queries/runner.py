@@ -23,9 +23,11 @@ import selectors
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -68,12 +70,15 @@ class ClaudeInvocation:
     model: str | None = None
     mcp_config: dict[str, Any] | None = None
     allowed_tools: tuple[str, ...] = ()
+    # Overrides RunnerConfig.workdir: the filesystem MCP server serves the CLI's working directory.
+    workdir: str | None = None
 
     def __repr__(self) -> str:
         # MCP server env values and headers hold tokens and passwords; repr ends up in logs and tracebacks.
         return (
             f"ClaudeInvocation(prompt={self.prompt!r}, model={self.model!r}, "
-            f"mcp_config={_mask_mcp_config(self.mcp_config)!r}, allowed_tools={self.allowed_tools!r})"
+            f"mcp_config={_mask_mcp_config(self.mcp_config)!r}, allowed_tools={self.allowed_tools!r}, "
+            f"workdir={self.workdir!r})"
         )
 
 
@@ -117,19 +122,56 @@ class ClaudeOutcome:
     pid: int | None
 
 
-def build_argv(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:
+def build_argv(
+    invocation: ClaudeInvocation, config: RunnerConfig, *, mcp_config_path: str | None = None
+) -> list[str]:
     """The CLI's argv. The prompt always follows ``--``: ``--allowedTools`` and ``--mcp-config``
     take several values and would otherwise swallow it, and a prompt starting with ``-`` would be
-    read as an option."""
+    read as an option.
+
+    ``--strict-mcp-config`` is always given: without it the CLI adds the MCP servers of the user's
+    and the project's own configuration, so a query routed to no server would still get tools.
+    The MCP configuration goes in as a file when ``mcp_config_path`` is given (run_claude does so:
+    argv is readable by every local user through ps, and server env values hold secrets), else
+    inline as JSON.
+    """
     argv = [config.binary, "--print", "--output-format", "json"]
     if invocation.model:
         argv += ["--model", invocation.model]
     if invocation.mcp_config and invocation.mcp_config.get("mcpServers"):
-        argv += ["--mcp-config", json.dumps(invocation.mcp_config), "--strict-mcp-config"]
+        argv += ["--mcp-config", mcp_config_path or json.dumps(invocation.mcp_config)]
+    argv.append("--strict-mcp-config")
     if invocation.allowed_tools:
         argv += ["--allowedTools", *invocation.allowed_tools]
     argv += [*config.extra_args, "--", invocation.prompt]
     return argv
+
+
+def preview_argv(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:
+    """The argv a run would use, with the MCP configuration inline and its secrets masked."""
+    masked = replace(invocation, mcp_config=_mask_mcp_config(invocation.mcp_config))
+    return build_argv(masked, config)
+
+
+def masked_mcp_config(mcp_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The MCP configuration with every env value and header masked."""
+    return _mask_mcp_config(mcp_config)
+
+
+@contextmanager
+def _mcp_config_file(invocation: ClaudeInvocation) -> Iterator[str | None]:
+    """The invocation's MCP configuration in a file only this user can read, removed afterwards."""
+    if not (invocation.mcp_config and invocation.mcp_config.get("mcpServers")):
+        yield None
+        return
+    fd, path = tempfile.mkstemp(prefix="claude-mcp-", suffix=".json")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(invocation.mcp_config, handle)
+        yield path
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def run_claude(
@@ -144,10 +186,24 @@ def run_claude(
     ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
     every 0.2 s and, when it returns True, the run is stopped like a timeout.
     """
+    with _mcp_config_file(invocation) as mcp_config_path:
+        return _run(invocation, config, mcp_config_path, on_start=on_start, should_cancel=should_cancel)
+
+
+def _run(
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    mcp_config_path: str | None,
+    *,
+    on_start: Callable[[int], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> ClaudeOutcome:
     started = time.monotonic()
     env = _child_env(config)
+    if invocation.workdir:
+        config = replace(config, workdir=Path(invocation.workdir))
     try:
-        proc = _start(build_argv(invocation, config), config, env)
+        proc = _start(build_argv(invocation, config, mcp_config_path=mcp_config_path), config, env)
     except _StartError as exc:
         return _failure("cli_not_found", str(exc), started=started)
 

@@ -32,7 +32,7 @@ from core.errors import Overloaded
 from core.redis import redis_client
 from queries import runner
 from queries.models import PRIORITY_QUEUES, ApiKey, Job, Priority, QueryRequest
-from routing.services import Route, route_for_job, route_query
+from routing.services import McpUnavailable, Route, route_for_job, route_query
 from webhooks import services as webhook_services
 
 logger = logging.getLogger(__name__)
@@ -93,12 +93,14 @@ def cache_get(*, query_hash: str, redis: Redis | None = None) -> dict[str, Any] 
     return entry
 
 
-def cache_put(*, job: Job, redis: Redis | None = None) -> bool:
-    """Cache a completed job's result under its hash for CACHE_TTL. Returns False if Redis failed."""
+def cache_put(*, job: Job, ttl: int | None = None, redis: Redis | None = None) -> bool:
+    """Cache a completed job's result under its hash for ``ttl`` (default CACHE_TTL) seconds.
+
+    Returns False if Redis failed."""
     entry = {"jobId": str(job.id), "result": job.build_result()}
     try:
         (redis or redis_client()).set(
-            CACHE_KEY.format(job.hash), json.dumps(entry, separators=(",", ":")), ex=settings.CACHE_TTL
+            CACHE_KEY.format(job.hash), json.dumps(entry, separators=(",", ":")), ex=ttl or settings.CACHE_TTL
         )
     except RedisError:
         logger.error("could not cache the result of job %s", job.id, exc_info=True)
@@ -162,9 +164,11 @@ def query_submit(
         "metadata": metadata,
         "no_cache": no_cache,
     }
+    # An intent whose rule says "never cache" (cache_ttl 0) has answers that go stale: no lookup either.
+    lookup = settings.CACHE_ENABLED and not no_cache and route.cacheable
 
     for _ in range(SUBMIT_ATTEMPTS):
-        if settings.CACHE_ENABLED and not no_cache:
+        if lookup:
             submission = _submit_from_cache(query_hash=digest, redis=redis, request_fields=request_fields)
             if submission is not None:
                 return submission
@@ -180,7 +184,7 @@ def query_submit(
                 if submission is not None:
                     return submission
                 continue
-            if settings.CACHE_ENABLED and not no_cache:
+            if lookup:
                 # The job that held the mark may have cached its answer and released the mark since our
                 # lookup above; workers cache before they release, so one more look settles it.
                 submission = _submit_from_cache(query_hash=digest, redis=redis, request_fields=request_fields)
@@ -273,7 +277,7 @@ def _submit_new_job(
         model=request_fields["model"],
         intent=route.intent,
         mcp_servers=route.server_names,
-        use_cache=not no_cache,
+        use_cache=not no_cache and route.cacheable,
         rq_job_id=str(job_id),
     )
     request = QueryRequest.objects.create(job=job, outcome=QueryRequest.Outcome.QUEUED, **request_fields)
@@ -349,12 +353,16 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
 
 
 def _job_execute(*, job: Job) -> Job:
-    route = route_for_job(intent=job.intent, server_names=job.mcp_servers)
+    try:
+        route = route_for_job(intent=job.intent, server_names=job.mcp_servers)
+    except McpUnavailable as exc:
+        return job_fail(job=job, error_type=Job.ErrorType.MCP_UNAVAILABLE, message=str(exc))
     invocation = runner.ClaudeInvocation(
         prompt=job.query,
         model=job.model or None,
         mcp_config=route.mcp_config(),
         allowed_tools=route.allowed_tools(),
+        workdir=route.workdir,
     )
 
     def on_start(pid: int) -> None:
@@ -375,7 +383,7 @@ def _job_execute(*, job: Job) -> Job:
     # Cache before the job is marked completed: a submission that finds the in-flight mark naming a
     # finished job goes to the cache next, and must find the answer there. A noCache submission's
     # answer is cached too: noCache skips the lookup, not the store.
-    if settings.CACHE_ENABLED and cache_put(job=job):
+    if settings.CACHE_ENABLED and route.cacheable and cache_put(job=job, ttl=route.cache_ttl):
         Job.objects.filter(id=job.id).update(progress=90)
     return _job_finish(job=job, state=Job.State.COMPLETED)
 

@@ -3,3 +3,9 @@ from django.apps import AppConfig
 
 class RoutingConfig(AppConfig):
     name = "routing"
+    verbose_name = "Routing (intents and MCP servers)"
+
+    def ready(self) -> None:
+        from routing.services import _connect_invalidation
+
+        _connect_invalidation()

@@ -1,11 +1,50 @@
-"""Intent detection: which MCP servers a query calls for."""
+"""Intent detection: which MCP servers a query calls for, from operator-editable rules.
+
+Patterns come from operators and queries from anyone, so matching uses RE2 (linear time in the
+query's length, no catastrophic backtracking). Compiled rules are cached per process and reloaded
+from the database at most ROUTING_REFRESH_SECONDS after they were loaded, so an edit made in any
+process reaches every web and worker process within that time, without a restart.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
+from django.conf import settings
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
 GENERAL_INTENT = "general"
+_RE2_MAX_MEM = 8 << 20
+
+
+class PatternError(ValueError):
+    """An intent pattern RE2 refuses; the message says why."""
+
+
+class McpUnavailable(RuntimeError):
+    """A server a job was routed to is gone or disabled."""
+
+
+def compile_pattern(pattern: str) -> Any:
+    """Compile an intent pattern as matching uses it (case-insensitive RE2), or raise PatternError."""
+    from routing.models import PATTERN_MAX_CHARS
+
+    if not pattern or not pattern.strip():
+        raise PatternError("The pattern is empty.")
+    if len(pattern) > PATTERN_MAX_CHARS:
+        raise PatternError(f"The pattern is longer than {PATTERN_MAX_CHARS} characters.")
+    options = re2.Options()
+    options.case_sensitive = False
+    options.max_mem = _RE2_MAX_MEM
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        raise PatternError(f"Not a valid RE2 regular expression: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -13,26 +52,156 @@ class Route:
     """The routing decision for one query: its intent and the MCP servers the CLI gets."""
 
     intent: str = GENERAL_INTENT
-    # name -> the CLI's server entry ({"command", "args", "env"}); only names are ever logged or hashed.
-    servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # name -> the CLI's server entry; only names are ever logged, stored on jobs or hashed.
+    servers: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    cache_ttl: int | None = None
+    workdir: str | None = None
 
     @property
     def server_names(self) -> list[str]:
         return sorted(self.servers)
 
+    @property
+    def cacheable(self) -> bool:
+        return self.cache_ttl != 0
+
     def mcp_config(self) -> dict[str, Any] | None:
-        return {"mcpServers": self.servers} if self.servers else None
+        return (
+            {"mcpServers": {name: self.servers[name] for name in self.server_names}} if self.servers else None
+        )
 
     def allowed_tools(self) -> tuple[str, ...]:
-        # Allowing a whole server by its prefix lets every tool it offers run without a prompt.
+        # A bare mcp__<server> rule allows every tool that server offers, whatever they are named.
         return tuple(f"mcp__{name}" for name in self.server_names)
 
 
+@dataclass(frozen=True)
+class _Rule:
+    regex: Any
+    route: Route
+
+
+class _RuleCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[_Rule] = []
+        self._loaded_at = float("-inf")
+
+    def rules(self) -> list[_Rule]:
+        if time.monotonic() - self._loaded_at >= settings.ROUTING_REFRESH_SECONDS:
+            with self._lock:
+                if time.monotonic() - self._loaded_at >= settings.ROUTING_REFRESH_SECONDS:
+                    self._rules = _load_rules()
+                    self._loaded_at = time.monotonic()
+        return self._rules
+
+    def invalidate(self) -> None:
+        self._loaded_at = float("-inf")
+
+
+def _load_rules() -> list[_Rule]:
+    from routing.models import IntentRule
+
+    rules = []
+    for rule in IntentRule.objects.filter(enabled=True).prefetch_related("servers").order_by("order", "name"):
+        try:
+            regex = compile_pattern(rule.pattern)
+        except PatternError:
+            continue  # refused at save time; a row written around the admin must not break routing
+        servers = sorted((s for s in rule.servers.all() if s.enabled), key=lambda s: s.name)
+        route = Route(
+            intent=rule.name,
+            servers={s.name: s.cli_entry() for s in servers},
+            cache_ttl=rule.cache_ttl,
+            workdir=next((s.workdir for s in servers if s.workdir), None),
+        )
+        rules.append(_Rule(regex=regex, route=route))
+    return rules
+
+
+_cache = _RuleCache()
+
+
+def routing_invalidate(**kwargs: Any) -> None:
+    """Drop this process's compiled rules (other processes reload within ROUTING_REFRESH_SECONDS)."""
+    _cache.invalidate()
+
+
+def _connect_invalidation() -> None:
+    from routing.models import IntentRule, McpServer
+
+    for model in (IntentRule, McpServer):
+        post_save.connect(routing_invalidate, sender=model, dispatch_uid=f"routing-save-{model.__name__}")
+        post_delete.connect(routing_invalidate, sender=model, dispatch_uid=f"routing-delete-{model.__name__}")
+    m2m_changed.connect(routing_invalidate, sender=IntentRule.servers.through, dispatch_uid="routing-m2m")
+
+
 def route_query(*, query: str) -> Route:
-    """The route for a query. With no intent rules configured, every query is ``general``."""
+    """The first enabled rule (by order) whose pattern matches; ``general`` with no server otherwise."""
+    if not settings.MCP_ENABLED:
+        return Route()
+    for rule in _cache.rules():
+        if rule.regex.search(query):
+            return rule.route
     return Route()
 
 
 def route_for_job(*, intent: str, server_names: list[str]) -> Route:
-    """Rebuild the route a job was submitted with, from the names recorded on it."""
-    return Route(intent=intent)
+    """The route a job was submitted with, with its servers' configuration as it is now.
+
+    Only server names are stored on jobs (never their secrets); a server that was removed or
+    disabled since the job was routed raises McpUnavailable rather than running with other tools.
+    """
+    from routing.models import IntentRule, McpServer
+
+    rule = IntentRule.objects.filter(name=intent).only("cache_ttl").first()
+    cache_ttl = rule.cache_ttl if rule is not None else None
+    if not server_names:
+        return Route(intent=intent, cache_ttl=cache_ttl)
+    servers = {s.name: s for s in McpServer.objects.filter(name__in=server_names, enabled=True)}
+    missing = sorted(set(server_names) - set(servers))
+    if missing:
+        raise McpUnavailable(
+            f"MCP server(s) {', '.join(missing)} are no longer configured or enabled; submit the query again."
+        )
+    ordered = [servers[name] for name in sorted(servers)]
+    return Route(
+        intent=intent,
+        servers={s.name: s.cli_entry() for s in ordered},
+        cache_ttl=cache_ttl,
+        workdir=next((s.workdir for s in ordered if s.workdir), None),
+    )
+
+
+@dataclass(frozen=True)
+class RoutePreview:
+    """What would happen to a query: the route, the rule that matched, and the CLI argv (masked)."""
+
+    route: Route
+    rule_order: int | None
+    argv: list[str]
+    mcp_config: dict[str, Any] | None
+    workdir: str
+
+
+def route_preview(*, query: str) -> RoutePreview:
+    """Route a query as a submission would and show the CLI argv a worker would run, secrets masked."""
+    from queries import runner
+    from routing.models import IntentRule
+
+    route = route_query(query=query)
+    rule = IntentRule.objects.filter(name=route.intent).only("order").first()
+    invocation = runner.ClaudeInvocation(
+        prompt=query,
+        mcp_config=route.mcp_config(),
+        allowed_tools=route.allowed_tools(),
+        workdir=route.workdir,
+    )
+    config = runner.RunnerConfig.from_settings()
+    return RoutePreview(
+        route=route,
+        rule_order=rule.order if rule is not None else None,
+        argv=runner.preview_argv(invocation, config),
+        mcp_config=runner.masked_mcp_config(route.mcp_config()),
+        workdir=str(route.workdir or config.workdir or ""),
+    )

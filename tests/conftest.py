@@ -115,6 +115,14 @@ def process_environment(mock: MockAnthropic, home: Path, workdir: Path, **extra:
         "CLAUDE_BIN": real_claude_bin(),
         "CLAUDE_WORKDIR": str(workdir),
         "PYTHONUNBUFFERED": "1",
+        # The MCP servers the routes start are found on PATH, as scripts/serve arranges.
+        "PATH": os.pathsep.join(
+            [
+                str(REPO / "node_tools" / "node_modules" / ".bin"),
+                str(Path(sys.executable).parent),
+                os.environ.get("PATH", ""),
+            ]
+        ),
         **cli_environment(mock, home),
         **extra,
     }
@@ -221,3 +229,16 @@ def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, messag
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def seeded(db: None) -> None:
+    """The default routes, as the data migration makes them (transactional tests empty the tables)."""
+    import importlib
+
+    from django.apps import apps
+
+    from routing.services import routing_invalidate
+
+    importlib.import_module("routing.migrations.0002_seed_default_routes").seed(apps, None)
+    routing_invalidate()

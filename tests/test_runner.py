@@ -19,6 +19,7 @@ from queries.runner import (
     ClaudeOutcome,
     RunnerConfig,
     build_argv,
+    preview_argv,
     run_claude,
 )
 
@@ -88,7 +89,15 @@ def reap_strays() -> Iterator[list[int]]:
 def test_argv_puts_the_prompt_after_double_dash_last() -> None:
     argv = build_argv(ClaudeInvocation(prompt="What is 2+2?"), RunnerConfig(binary="claude", timeout=5))
 
-    assert argv == ["claude", "--print", "--output-format", "json", "--", "What is 2+2?"]
+    assert argv == [
+        "claude",
+        "--print",
+        "--output-format",
+        "json",
+        "--strict-mcp-config",
+        "--",
+        "What is 2+2?",
+    ]
 
 
 def test_argv_keeps_a_prompt_that_looks_like_an_option_after_double_dash() -> None:
@@ -133,15 +142,58 @@ def test_argv_adds_model_mcp_tools_and_extra_args_in_order() -> None:
 
 
 @pytest.mark.parametrize("mcp_config", [None, {}, {"mcpServers": {}}])
-def test_argv_has_no_mcp_flags_without_servers(mcp_config: dict | None) -> None:
+def test_argv_without_servers_is_still_strict_so_no_other_mcp_configuration_leaks_in(
+    mcp_config: dict | None,
+) -> None:
     argv = build_argv(
         ClaudeInvocation(prompt="hi", mcp_config=mcp_config), RunnerConfig(binary="claude", timeout=5)
     )
 
     assert "--mcp-config" not in argv
-    assert "--strict-mcp-config" not in argv
+    assert "--strict-mcp-config" in argv
     assert "--allowedTools" not in argv
     assert "--model" not in argv
+
+
+def test_argv_takes_the_mcp_configuration_from_a_file_when_given_one() -> None:
+    mcp = {"mcpServers": {"gh": {"command": "mcp-server-github", "env": {"TOKEN": "ghp_secret"}}}}
+    argv = build_argv(
+        ClaudeInvocation(prompt="hi", mcp_config=mcp),
+        RunnerConfig(binary="claude", timeout=5),
+        mcp_config_path="/tmp/claude-mcp-x.json",
+    )
+
+    assert argv[argv.index("--mcp-config") + 1] == "/tmp/claude-mcp-x.json"
+    assert "ghp_secret" not in " ".join(argv)
+
+
+def test_a_run_passes_mcp_secrets_in_a_private_file_never_on_the_command_line(tmp_path) -> None:
+    argv_file = tmp_path / "argv.json"
+    mcp = {"mcpServers": {"gh": {"command": "mcp-server-github", "env": {"TOKEN": "ghp_secret"}}}}
+    config = RunnerConfig(
+        binary=str(FAKE_CLAUDE),
+        timeout=10,
+        workdir=tmp_path,
+        env={**os.environ, "FAKE_CLAUDE_MODE": "ok", "FAKE_CLAUDE_ARGV_FILE": str(argv_file)},
+    )
+
+    outcome = run_claude(ClaudeInvocation(prompt="hi", mcp_config=mcp), config)
+
+    assert outcome.ok
+    argv = json.loads(argv_file.read_text())
+    assert "ghp_secret" not in json.dumps(argv)
+    path = argv[argv.index("--mcp-config") + 1]
+    assert not os.path.exists(path)  # removed after the run
+
+
+def test_preview_masks_mcp_secrets() -> None:
+    mcp = {"mcpServers": {"gh": {"command": "mcp-server-github", "env": {"TOKEN": "ghp_secret"}}}}
+    argv = preview_argv(
+        ClaudeInvocation(prompt="hi", mcp_config=mcp), RunnerConfig(binary="claude", timeout=5)
+    )
+    shown = json.loads(argv[argv.index("--mcp-config") + 1])
+    assert shown["mcpServers"]["gh"]["env"] == {"TOKEN": "***"}
+    assert "ghp_secret" not in " ".join(argv)
 
 
 def test_invocation_repr_masks_mcp_secrets() -> None:
@@ -237,6 +289,7 @@ def test_success_returns_the_parsed_result(tmp_path: Path) -> None:
         "--print",
         "--output-format",
         "json",
+        "--strict-mcp-config",
         "--",
         "-n What is 2+2?",
     ]

@@ -4,15 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('queries', '0001_initial'),
+        ("queries", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='job',
-            name='error_type',
-            field=models.CharField(blank=True, choices=[('cli_timeout', 'Cli Timeout'), ('cli_error', 'Cli Error'), ('cli_output_invalid', 'Cli Output Invalid'), ('cli_not_found', 'Cli Not Found'), ('worker_lost', 'Worker Lost'), ('cancelled', 'Cancelled'), ('budget_exceeded', 'Budget Exceeded'), ('queue_unavailable', 'Queue Unavailable'), ('mcp_unavailable', 'Mcp Unavailable'), ('internal_error', 'Internal Error')], default='', max_length=32),
+            model_name="job",
+            name="error_type",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("cli_timeout", "Cli Timeout"),
+                    ("cli_error", "Cli Error"),
+                    ("cli_output_invalid", "Cli Output Invalid"),
+                    ("cli_not_found", "Cli Not Found"),
+                    ("worker_lost", "Worker Lost"),
+                    ("cancelled", "Cancelled"),
+                    ("budget_exceeded", "Budget Exceeded"),
+                    ("queue_unavailable", "Queue Unavailable"),
+                    ("mcp_unavailable", "Mcp Unavailable"),
+                    ("internal_error", "Internal Error"),
+                ],
+                default="",
+                max_length=32,
+            ),
         ),
     ]
