@@ -3,17 +3,70 @@
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
+from redis.exceptions import RedisError
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from core.redis import redis_client
 from queries.models import ApiKey
 
+logger = logging.getLogger(__name__)
 # Writing last_used_at on every call would put a database write on the hot path.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+# Real keys are 47 characters; anything far longer is not worth hashing.
+KEY_MAX_CHARS = 200
+# Bumped whenever a key changes (saved, deleted, revoked), so every process drops the keys it holds.
+KEYS_VERSION_KEY = "apikeys:version"
+_CACHED_KEYS_MAX = 10_000
+
+# Every request looks its key up; keys rarely change. Each process keeps the rows it found for up to
+# API_KEY_CACHE_SECONDS, checked against KEYS_VERSION_KEY on every use: a Redis GET instead of a
+# database round trip, and a revoked key is refused by every process at once. Only keys that exist
+# are kept, so unknown keys cannot fill the memory.
+_cached_keys: dict[str, tuple[float, bytes | None, ApiKey]] = {}
+
+
+def api_keys_changed(**kwargs: object) -> None:
+    """Make every process read keys from the database again (called when any key changes)."""
+    _cached_keys.clear()
+    try:
+        redis_client().incr(KEYS_VERSION_KEY)
+    except RedisError:
+        logger.warning(
+            "could not announce an API key change; other processes see it within %s s",
+            settings.API_KEY_CACHE_SECONDS,
+        )
+
+
+post_save.connect(api_keys_changed, sender=ApiKey, dispatch_uid="auth-api-key-saved")
+post_delete.connect(api_keys_changed, sender=ApiKey, dispatch_uid="auth-api-key-deleted")
+
+
+def _api_key_by_hash(digest: str) -> ApiKey | None:
+    ttl = settings.API_KEY_CACHE_SECONDS
+    if ttl <= 0:
+        return ApiKey.objects.filter(key_hash=digest).first()
+    try:
+        version = redis_client().get(KEYS_VERSION_KEY)
+    except RedisError:
+        return ApiKey.objects.filter(key_hash=digest).first()
+    now = time.monotonic()
+    held = _cached_keys.get(digest)
+    if held is not None and held[0] > now and held[1] == version:
+        return held[2]
+    api_key = ApiKey.objects.filter(key_hash=digest).first()
+    if api_key is not None:
+        if len(_cached_keys) >= _CACHED_KEYS_MAX:
+            _cached_keys.clear()
+        _cached_keys[digest] = (now + ttl, version, api_key)
+    return api_key
 
 
 def presented_key(request: Request) -> str | None:
@@ -28,10 +81,14 @@ def presented_key(request: Request) -> str | None:
 
 
 def api_key_lookup(key: str) -> ApiKey | None:
-    """The active key whose hash matches, compared in constant time."""
+    """The active, unexpired key whose hash matches, compared in constant time."""
+    if len(key) > KEY_MAX_CHARS:
+        return None
     digest = ApiKey.hash_key(key)
-    api_key = ApiKey.objects.filter(key_hash=digest).first()
-    if api_key is None or not hmac.compare_digest(api_key.key_hash, digest) or not api_key.is_active:
+    api_key = _api_key_by_hash(digest)
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, digest):
+        return None
+    if not api_key.is_active or api_key.is_expired:
         return None
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
@@ -49,7 +106,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             return None
         api_key = api_key_lookup(key)
         if api_key is None:
-            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+            raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.")
         return (None, api_key)
 
     def authenticate_header(self, request: Request) -> str:
@@ -63,3 +120,14 @@ class HasApiKey(permissions.BasePermission):
 
     def has_permission(self, request: Request, view: object) -> bool:
         return request.auth is not None or not settings.GATEWAY_REQUIRE_AUTH
+
+
+def cache_scope(*, api_key: ApiKey | None) -> str | None:
+    """What cached answers and in-flight jobs are shared within (CACHE_SCOPE); None means everyone.
+
+    With ``key`` scope a key's cache entries and dedup marks are its own: MCP tools may read data that
+    differs per tenant, and a shared answer would also tell one tenant what another asked.
+    """
+    if settings.CACHE_SCOPE == "key" and api_key is not None:
+        return f"key:{api_key.pk}"
+    return None

@@ -1,0 +1,60 @@
+"""gunicorn's threaded worker, with gunicorn's own refusals in the API's JSON error shape.
+
+gunicorn answers a request it cannot parse (a request line over ``limit_request_line``, a header
+field over ``limit_request_field_size``, too many fields, a malformed line) itself, before Django
+runs, with an HTML page. Clients of the API get ``{"error": {...}}`` for those too.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gunicorn import util
+from gunicorn.workers.gthread import ThreadWorker
+
+# (status, reason) by what gunicorn reported; everything else keeps gunicorn's status.
+_LINE_TOO_LONG = "Request Line is too large"
+_TYPES = {
+    400: "invalid_request_error",
+    403: "permission_error",
+    414: "request_too_large",
+    431: "request_too_large",
+    500: "api_error",
+    501: "invalid_request_error",
+}
+_MESSAGES = {
+    400: "Malformed HTTP request.",
+    403: "Request forbidden.",
+    414: "The request line (method and URL) is too long.",
+    431: "The request headers are too large or too many.",
+    500: "Internal error.",
+    501: "Unsupported transfer coding.",
+}
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:  # noqa: ANN001
+    if status_int == 400 and _LINE_TOO_LONG in mesg:
+        status_int, reason = 414, "URI Too Long"
+    # gunicorn's own message can quote what the client sent (a header name, a request line): it is
+    # logged by gunicorn, not echoed back.
+    body = json.dumps(
+        {
+            "error": {
+                "type": _TYPES.get(status_int, "invalid_request_error"),
+                "message": _MESSAGES.get(status_int, reason),
+                "details": {},
+            }
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+class JsonErrorThreadWorker(ThreadWorker):
+    def init_process(self) -> None:
+        # The base worker's handle_error calls gunicorn.util.write_error by module attribute.
+        util.write_error = write_json_error
+        super().init_process()
