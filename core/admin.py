@@ -1,0 +1,125 @@
+"""The admin site: the operators' dashboard on its index page, and the cache page.
+
+``GatewayAdminConfig`` replaces ``django.contrib.admin`` in INSTALLED_APPS so that ``admin.site`` (and
+every ``@admin.register``) is this site. Nothing here imports models at module level: the app
+registry imports this module while it is still loading.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.apps import AdminConfig
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+PURGE_PERMISSION = "queries.change_job"
+
+
+class GatewayAdminSite(admin.AdminSite):
+    site_header = "Claude gateway"
+    site_title = "Claude gateway admin"
+    index_title = "Dashboard"
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        from core.dashboard import dashboard_charts, dashboard_figures
+
+        context: dict[str, Any] = {}
+        try:
+            # The cache count walks Redis's keyspace; it is on the cache page, not on every index load.
+            figures = dashboard_figures(include_cache=False)
+            context.update(dashboard=figures, charts=dashboard_charts(figures))
+        except RedisError as exc:
+            context["dashboard_error"] = f"Redis is unavailable: {exc}"
+        return super().index(request, {**context, **(extra_context or {})})
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path("cache/", self.admin_view(self.cache_view), name="cache"),
+            path("cache/purge-all/", self.admin_view(self.cache_purge_all_view), name="cache_purge_all"),
+            *super().get_urls(),
+        ]
+
+    def cache_view(self, request: HttpRequest) -> HttpResponse:
+        """Cached answers and memory, the hit ratio, and purging by hash (POST)."""
+        from core.dashboard import cache_figures, request_figures
+        from queries import services
+
+        if request.method == "POST" and request.POST.get("hash") is not None:
+            if not request.user.has_perm(PURGE_PERMISSION):
+                messages.error(request, "Purging the cache needs the permission to change jobs.")
+                return HttpResponseRedirect(reverse("admin:cache"))
+            try:
+                query_hash = services.cache_hash_check(request.POST["hash"])
+                deleted = services.cache_purge(query_hashes=[query_hash])
+            except ValueError as exc:
+                messages.error(request, str(exc))
+            except RedisError as exc:
+                messages.error(request, f"Redis is unavailable: {exc}")
+            else:
+                if deleted:
+                    log_operation(request, f"Purged the cached answer of {query_hash}.", repr_="cache")
+                    messages.success(request, f"Purged the cached answer of {query_hash}.")
+                else:
+                    messages.warning(request, f"No cached answer for {query_hash}.")
+            return HttpResponseRedirect(reverse("admin:cache"))
+
+        context: dict[str, Any] = {
+            **self.each_context(request),
+            "title": "Cache",
+            "can_purge": request.user.has_perm(PURGE_PERMISSION),
+            "requests": request_figures(since=timezone.now() - timedelta(hours=24)),
+        }
+        try:
+            context["cache"] = cache_figures()
+        except RedisError as exc:
+            context["cache_error"] = f"Redis is unavailable: {exc}"
+        return TemplateResponse(request, "admin/cache.html", context)
+
+    def cache_purge_all_view(self, request: HttpRequest) -> HttpResponse:
+        """GET: a confirmation page naming how many answers would go; POST: purge them all."""
+        from core.dashboard import cache_figures
+        from queries import services
+
+        if not request.user.has_perm(PURGE_PERMISSION):
+            messages.error(request, "Purging the cache needs the permission to change jobs.")
+            return HttpResponseRedirect(reverse("admin:cache"))
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
+            try:
+                deleted = services.cache_purge_all()
+            except RedisError as exc:
+                messages.error(request, f"Redis is unavailable: {exc}")
+            else:
+                log_operation(request, f"Purged all cached answers ({deleted} entries).", repr_="cache")
+                messages.success(request, f"Purged all cached answers: {deleted} entries deleted.")
+            return HttpResponseRedirect(reverse("admin:cache"))
+        context: dict[str, Any] = {**self.each_context(request), "title": "Purge the whole cache?"}
+        try:
+            context["cache"] = cache_figures()
+        except RedisError as exc:
+            context["cache_error"] = f"Redis is unavailable: {exc}"
+        return TemplateResponse(request, "admin/cache_purge_all.html", context)
+
+
+class GatewayAdminConfig(AdminConfig):
+    default_site = "core.admin.GatewayAdminSite"
+
+
+def log_operation(request: HttpRequest, message: str, *, obj: Any = None, repr_: str = "") -> None:
+    """Record an operator's action in the admin log ("Recent actions", the LogEntry table)."""
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    LogEntry.objects.create(
+        user_id=request.user.pk,
+        content_type=ContentType.objects.get_for_model(obj, for_concrete_model=False) if obj else None,
+        object_id=str(obj.pk) if obj is not None else None,
+        object_repr=(str(obj) if obj is not None else repr_)[:200],
+        action_flag=CHANGE,
+        change_message=message,
+    )

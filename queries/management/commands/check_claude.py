@@ -1,0 +1,48 @@
+"""``manage.py check_claude``: is the Claude CLI installed, and does it answer?"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from core.health import cli_version
+from queries import runner
+
+PROMPT = "Reply with the single word: ok"
+
+
+class Command(BaseCommand):
+    help = (
+        "Check the Claude CLI as workers run it: CLAUDE_BIN is found, reports its version, and answers "
+        "a real one-line prompt (one small upstream request). On failure, exits non-zero with the "
+        "reason, e.g. the CLI's own 'Not logged in' when it has no credentials."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--prompt", default=PROMPT, help=f"The prompt to send (default {PROMPT!r}).")
+        parser.add_argument(
+            "--timeout", type=float, default=60.0, help="Seconds before the CLI is stopped (default 60)."
+        )
+
+    def handle(self, *args: object, prompt: str, timeout: float, **options: object) -> None:
+        path, version = cli_version()
+        if path is None:
+            raise CommandError(f"The Claude CLI {settings.CLAUDE_BIN!r} (CLAUDE_BIN) was not found on PATH.")
+        self.stdout.write(f"binary:  {path}")
+        if version is None:
+            raise CommandError(f"{path} did not report a version (`{path} --version` failed).")
+        self.stdout.write(f"version: {version}")
+
+        config = replace(runner.RunnerConfig.from_settings(), binary=path, timeout=timeout)
+        outcome = runner.run_claude(runner.ClaudeInvocation(prompt=prompt), config)
+        if not outcome.ok:
+            raise CommandError(f"The CLI did not answer ({outcome.error_type}): {outcome.error_message}")
+        data = outcome.data or {}
+        self.stdout.write(f"answer:  {str(data.get('result', '')).strip()[:200]}")
+        cost = data.get("total_cost_usd")
+        self.stdout.write(
+            f"took {outcome.duration:.1f} s" + (f", cost ${cost}" if isinstance(cost, int | float) else "")
+        )
+        self.stdout.write("Claude CLI OK")

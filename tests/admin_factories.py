@@ -1,0 +1,53 @@
+"""Rows for the admin and operations tests: jobs and requests in any state, at any time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import factory
+from django.utils import timezone
+
+from queries.models import Job, QueryRequest
+
+
+class JobFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Job
+
+    hash = factory.Sequence(lambda n: f"{n:064x}")
+    query = factory.Sequence(lambda n: f"What is {n}+{n}?")
+    normalized_query = factory.LazyAttribute(lambda o: o.query.lower())
+    state = Job.State.COMPLETED
+    progress = 100
+    response = "4"
+    model = "claude-test"
+    cost_usd = Decimal("0.001000")
+    finished_at = factory.LazyFunction(timezone.now)
+
+
+class RequestFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = QueryRequest
+
+    job = factory.SubFactory(JobFactory)
+    query = factory.LazyAttribute(lambda o: o.job.query)
+    hash = factory.LazyAttribute(lambda o: o.job.hash)
+    outcome = QueryRequest.Outcome.QUEUED
+
+
+def failed_job(**fields: object) -> Job:
+    defaults = {
+        "state": Job.State.FAILED,
+        "error_type": Job.ErrorType.WORKER_LOST,
+        "error_message": "The worker process died.",
+        "response": "",
+        "cost_usd": None,
+    }
+    return JobFactory(**{**defaults, **fields})
+
+
+def backdate(obj: Job | QueryRequest, when: datetime) -> None:
+    """created_at is auto_now_add: set it after the insert."""
+    type(obj).objects.filter(pk=obj.pk).update(created_at=when)
+    obj.created_at = when
