@@ -16,9 +16,11 @@ such as rq's job timeout) propagates, after the process group has been killed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,37 @@ def build_argv(
     return argv
 
 
+def build_warm_argv(
+    invocation: ClaudeInvocation, config: RunnerConfig, *, mcp_config_path: str | None = None
+) -> list[str]:
+    """The argv of a CLI started ahead of its prompt: the same options as :func:`build_argv`, but the
+    prompt arrives later on stdin as one stream-json ``user`` message, so there is no ``--``."""
+    argv = [config.binary, "--print", "--input-format", "stream-json", "--output-format", "stream-json"]
+    argv.append("--verbose")  # the CLI refuses stream-json output in --print mode without it
+    cold = build_argv(replace(invocation, prompt=""), config, mcp_config_path=mcp_config_path)
+    return argv + cold[4:-2]  # everything between "--output-format json" and "-- <prompt>"
+
+
+def warm_capable(config: RunnerConfig) -> bool:
+    """Whether CLIs can be started ahead of time with this configuration: CLAUDE_EXTRA_ARGS that set
+    the input or output format would contradict the stream-json that a warm CLI needs."""
+    return not any(arg.split("=", 1)[0] in ("--input-format", "--output-format") for arg in config.extra_args)
+
+
+def warm_key(invocation: ClaudeInvocation, config: RunnerConfig) -> str:
+    """What a CLI started ahead of time must have been started with to answer this invocation: every
+    argument and setting but the prompt. SHA-256, so MCP secrets never show in logs or process state."""
+    workdir = invocation.workdir or (str(config.workdir) if config.workdir else None)
+    fields = {
+        "argv": build_warm_argv(invocation, config, mcp_config_path="-"),
+        "mcp": invocation.mcp_config if (invocation.mcp_config or {}).get("mcpServers") else None,
+        "workdir": workdir,
+        "traffic": config.disable_nonessential_traffic,
+    }
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def preview_argv(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:
     """The argv a run would use, with the MCP configuration inline and its secrets masked."""
     masked = replace(invocation, mcp_config=_mask_mcp_config(invocation.mcp_config))
@@ -158,20 +191,34 @@ def masked_mcp_config(mcp_config: dict[str, Any] | None) -> dict[str, Any] | Non
     return _mask_mcp_config(mcp_config)
 
 
-@contextmanager
-def _mcp_config_file(invocation: ClaudeInvocation) -> Iterator[str | None]:
-    """The invocation's MCP configuration in a file only this user can read, removed afterwards."""
+def _write_mcp_config(invocation: ClaudeInvocation) -> str | None:
+    """The invocation's MCP configuration in a new file only this user can read (mode 0600)."""
     if not (invocation.mcp_config and invocation.mcp_config.get("mcpServers")):
-        yield None
-        return
-    fd, path = tempfile.mkstemp(prefix="claude-mcp-", suffix=".json")  # mode 0600
+        return None
+    fd, path = tempfile.mkstemp(prefix="claude-mcp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(invocation.mcp_config, handle)
-        yield path
-    finally:
+    except BaseException:
+        _remove(path)
+        raise
+    return path
+
+
+def _remove(path: str | None) -> None:
+    if path:
         with suppress(FileNotFoundError):
             os.unlink(path)
+
+
+@contextmanager
+def _mcp_config_file(invocation: ClaudeInvocation) -> Iterator[str | None]:
+    """The invocation's MCP configuration in a private file, removed afterwards."""
+    path = _write_mcp_config(invocation)
+    try:
+        yield path
+    finally:
+        _remove(path)
 
 
 def run_claude(
@@ -180,12 +227,22 @@ def run_claude(
     *,
     on_start: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    warm: WarmProcess | None = None,
 ) -> ClaudeOutcome:
     """Run the CLI once and report what happened.
 
     ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
     every 0.2 s and, when it returns True, the run is stopped like a timeout.
+
+    ``warm`` is a CLI started ahead of time for this invocation's options (see :func:`start_warm`):
+    the prompt is written to its stdin instead of starting a process. Timeouts, cancellation and the
+    process-group cleanup are the same. If it exited before it could take the prompt, a cold start
+    happens instead.
     """
+    if warm is not None:
+        outcome = _run_warm(invocation, config, warm, on_start=on_start, should_cancel=should_cancel)
+        if outcome is not None:
+            return outcome
     with _mcp_config_file(invocation) as mcp_config_path:
         return _run(invocation, config, mcp_config_path, on_start=on_start, should_cancel=should_cancel)
 
@@ -206,10 +263,52 @@ def _run(
         proc = _start(build_argv(invocation, config, mcp_config_path=mcp_config_path), config, env)
     except _StartError as exc:
         return _failure("cli_not_found", str(exc), started=started)
-
-    pgid = proc.pid  # start_new_session makes the CLI its group's leader
     assert proc.stdout is not None and proc.stderr is not None
     streams = _Streams(proc.stdout, proc.stderr, config.max_output_bytes)
+    return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
+
+
+def _run_warm(
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    warm: WarmProcess,
+    *,
+    on_start: Callable[[int], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> ClaudeOutcome | None:
+    """Hand the prompt to a warm CLI and follow it as a cold run is followed; None if it was gone."""
+    started = time.monotonic()
+    proc: _Process | None = warm.proc if warm.is_owner else _ForeignProcess.attach(warm.pid)
+    if proc is None or proc.poll() is not None:
+        logger.warning("warm Claude CLI (pid %s) had exited before its prompt; starting one cold", warm.pid)
+        warm.discard()
+        return None
+    assert warm.proc.stdin is not None and warm.proc.stdout is not None and warm.proc.stderr is not None
+    message = {"type": "user", "message": {"role": "user", "content": invocation.prompt}}
+    line = (json.dumps(message, ensure_ascii=False) + "\n").encode()
+    streams = _Streams(
+        warm.proc.stdout, warm.proc.stderr, config.max_output_bytes, stdin=warm.proc.stdin, data=line
+    )
+    try:
+        return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
+    finally:
+        # The CLI is gone (or its group was killed): it no longer needs its MCP configuration.
+        warm.remove_config()
+        if isinstance(proc, _ForeignProcess):
+            proc.close()
+
+
+def _follow(
+    proc: _Process,
+    streams: _Streams,
+    config: RunnerConfig,
+    started: float,
+    *,
+    on_start: Callable[[int], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> ClaudeOutcome:
+    """Supervise a started CLI until it exits or must be stopped, then classify what it printed."""
+    pgid = proc.pid  # start_new_session makes the CLI its group's leader
     try:
         if on_start is not None:
             on_start(proc.pid)
@@ -234,17 +333,174 @@ def _run(
 
     stderr = streams.stderr_text()
     duration = time.monotonic() - started
+    returncode = proc.poll()
     if stop_reason is not None:
         error_type, message = _stop_message(stop_reason, config, duration)
-        exit_code = proc.returncode if exited_by_itself else None
+        exit_code = returncode if exited_by_itself else None
         return ClaudeOutcome(False, error_type, message, None, exit_code, stderr, duration, proc.pid)
 
+    assert returncode is not None
     data = _parse_result(bytes(streams.stdout))
-    failure = _classify(data, proc.returncode, bytes(streams.stdout), stderr)
+    failure = _classify(data, returncode, bytes(streams.stdout), stderr)
     if failure is None:
-        return ClaudeOutcome(True, None, "", data, proc.returncode, stderr, duration, proc.pid)
+        return ClaudeOutcome(True, None, "", data, returncode, stderr, duration, proc.pid)
     error_type, message = failure
-    return ClaudeOutcome(False, error_type, message, data, proc.returncode, stderr, duration, proc.pid)
+    return ClaudeOutcome(False, error_type, message, data, returncode, stderr, duration, proc.pid)
+
+
+# Warm processes
+
+
+class WarmStartError(Exception):
+    """A CLI could not be started ahead of time (the binary is missing, the workdir unusable...)."""
+
+
+@dataclass(eq=False)
+class WarmProcess:
+    """A CLI started ahead of time (``--input-format stream-json``), waiting on its stdin for a prompt.
+
+    It takes one prompt and is never reused. The process that started it (its owner) reaps it. A
+    process forked from the owner (an rq work horse) may run it: it inherited the pipes, and watches
+    the exit through a pidfd; the owner closes its own copies of the pipes once it has handed the CLI
+    over, so that the CLI sees end of file when the horse closes stdin.
+    """
+
+    key: str
+    proc: subprocess.Popen[bytes] = field(repr=False)
+    started: float
+    mcp_config_path: str | None = field(default=None, repr=False)
+    owner_pid: int = field(default_factory=os.getpid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def is_owner(self) -> bool:
+        return os.getpid() == self.owner_pid
+
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def alive(self) -> bool:
+        if self.is_owner:
+            return self.proc.poll() is None
+        foreign = _ForeignProcess.attach(self.pid)
+        if foreign is None:
+            return False
+        try:
+            return foreign.poll() is None
+        finally:
+            foreign.close()
+
+    def close_pipes(self) -> None:
+        """Drop this process's copies of the CLI's pipes (the owner, once a work horse has it)."""
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                with suppress(OSError):
+                    pipe.close()
+
+    def remove_config(self) -> None:
+        _remove(self.mcp_config_path)
+
+    def discard(self, *, grace: float = 2.0) -> None:
+        """Stop the CLI's whole group if anything in it still runs, reap the CLI (owner only), and
+        remove its MCP configuration file. Safe to call more than once."""
+        if self.is_owner:
+            if self.proc.returncode is None:
+                # Signalled before it is reaped: until then its pid (the group id) cannot be reused.
+                _signal_group(self.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    _signal_group(self.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.close_pipes()
+        elif self.alive():
+            # Not ours to reap: the owner does that once the work horse that holds it has exited.
+            _signal_group(self.pid, signal.SIGKILL)
+        self.remove_config()
+
+
+def start_warm(invocation: ClaudeInvocation, config: RunnerConfig) -> WarmProcess:
+    """Start a CLI with ``invocation``'s options (its prompt is ignored) that waits for a prompt on
+    stdin: in its own process group, in the working directory, with the MCP configuration in a 0600
+    file that lives as long as the process. Raises WarmStartError if it cannot start."""
+    key = warm_key(invocation, config)
+    env = _child_env(config)
+    if invocation.workdir:
+        config = replace(config, workdir=Path(invocation.workdir))
+    path = _write_mcp_config(invocation)
+    try:
+        argv = build_warm_argv(invocation, config, mcp_config_path=path)
+        proc = _start(argv, config, env, stdin=subprocess.PIPE)
+    except _StartError as exc:
+        _remove(path)
+        raise WarmStartError(str(exc)) from exc
+    return WarmProcess(key=key, proc=proc, started=time.monotonic(), mcp_config_path=path)
+
+
+class _Process(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class _ForeignProcess:
+    """A CLI this process did not start and so cannot wait for: a warm CLI that the rq worker
+    started and handed to this work horse. Its exit is watched through a pidfd, and its exit status
+    read from /proc while it is a zombie: the worker reaps it only after the horse has exited."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self.returncode: int | None = None
+
+    @classmethod
+    def attach(cls, pid: int) -> _ForeignProcess | None:
+        try:
+            return cls(pid, os.pidfd_open(pid))
+        except ProcessLookupError:
+            return None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._exited(0):
+            self.returncode = _zombie_exit_status(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is None:
+            if not self._exited(timeout):
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            self.poll()
+        assert self.returncode is not None
+        return self.returncode
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.close(self._pidfd)
+
+    def _exited(self, timeout: float | None) -> bool:
+        readable, _, _ = select.select([self._pidfd], [], [], timeout)
+        return bool(readable)
+
+
+def _zombie_exit_status(pid: int) -> int:
+    """A dead process's exit status as Popen.returncode gives it (negative: killed by that signal),
+    from field 52 of /proc/PID/stat, which Linux keeps until the process is reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        status = int(stat[stat.rfind(b")") + 2 :].split()[49])
+    except (OSError, IndexError, ValueError):
+        # Reaped already: only the owner does that, after this process is done, so this is unexpected.
+        logger.warning("Claude CLI (pid %s): exit status unavailable; taking it as 0", pid)
+        return 0
+    if status & 0x7F:
+        return -(status & 0x7F)
+    return (status >> 8) & 0xFF
 
 
 # Starting
@@ -272,7 +528,9 @@ def _resolve_binary(binary: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def _start(argv: list[str], config: RunnerConfig, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(
+    argv: list[str], config: RunnerConfig, env: dict[str, str], *, stdin: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     executable = _resolve_binary(config.binary, env)
     if config.workdir is not None:
         try:
@@ -285,7 +543,7 @@ def _start(argv: list[str], config: RunnerConfig, env: dict[str, str]) -> subpro
     try:
         return subprocess.Popen(
             [executable, *argv[1:]],
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=config.workdir,
@@ -306,25 +564,47 @@ def _start(argv: list[str], config: RunnerConfig, env: dict[str, str]) -> subpro
 
 
 class _Streams:
-    """stdout (capped) and a rolling stderr tail, read without threads so reading can stop at any time."""
+    """stdout (capped) and a rolling stderr tail, read without threads so reading can stop at any time.
 
-    def __init__(self, stdout: IO[bytes], stderr: IO[bytes], max_stdout: int) -> None:
-        self._files = (stdout, stderr)
+    With ``stdin`` and ``data`` (a warm CLI's prompt) the data is written in the same loop, without
+    blocking, and stdin closed once it is all written: a prompt larger than the pipe's buffer must
+    not hold the run past its timeout while the CLI is not reading.
+    """
+
+    def __init__(
+        self,
+        stdout: IO[bytes],
+        stderr: IO[bytes],
+        max_stdout: int,
+        *,
+        stdin: IO[bytes] | None = None,
+        data: bytes = b"",
+    ) -> None:
+        self._files: tuple[IO[bytes], ...] = (stdout, stderr) if stdin is None else (stdout, stderr, stdin)
         self._selector = selectors.DefaultSelector()
         self._selector.register(stdout, selectors.EVENT_READ, "stdout")
         self._selector.register(stderr, selectors.EVENT_READ, "stderr")
         self._max_stdout = max_stdout
+        self._input = memoryview(data)
+        self._stdin = stdin
+        if stdin is not None:
+            os.set_blocking(stdin.fileno(), False)
+            self._selector.register(stdin, selectors.EVENT_WRITE, "stdin")
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.overflowed = False
 
     @property
     def is_open(self) -> bool:
-        return bool(self._selector.get_map())
+        """Whether stdout or stderr can still deliver output (a pending prompt does not count)."""
+        return any(key.data != "stdin" for key in self._selector.get_map().values())
 
     def pump(self, timeout: float) -> None:
-        """Read whatever arrives within ``timeout`` seconds."""
+        """Read whatever arrives within ``timeout`` seconds (and write what stdin will take)."""
         for key, _ in self._selector.select(max(timeout, 0.0)):
+            if key.data == "stdin":
+                self._write_input()
+                continue
             chunk = os.read(key.fd, _READ_CHUNK)
             if not chunk:
                 self._selector.unregister(key.fileobj)
@@ -333,6 +613,21 @@ class _Streams:
             else:
                 self.stderr += chunk
                 del self.stderr[:-STDERR_TAIL_BYTES]
+
+    def _write_input(self) -> None:
+        assert self._stdin is not None
+        try:
+            written = os.write(self._stdin.fileno(), self._input[:_READ_CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:
+            # The CLI is gone (EPIPE): its exit status and output tell what happened.
+            written = len(self._input)
+        self._input = self._input[written:]
+        if not self._input:
+            self._selector.unregister(self._stdin)
+            # End of file tells the CLI that this one message is all it gets, so it exits after it.
+            self._stdin.close()
 
     def drain(self, timeout: float) -> bool:
         """Read until both streams reach end of file; False if they are still open after ``timeout``."""
@@ -350,7 +645,8 @@ class _Streams:
     def close(self) -> None:
         self._selector.close()
         for file in self._files:
-            file.close()
+            with suppress(OSError):
+                file.close()
 
     def _take_stdout(self, chunk: bytes) -> None:
         # Past the cap the data is dropped but still read, so the writer never blocks on a full pipe.
@@ -361,7 +657,7 @@ class _Streams:
             self.stdout += chunk[:room]
 
 
-def _wait_step(proc: subprocess.Popen[bytes], streams: _Streams, timeout: float) -> None:
+def _wait_step(proc: _Process, streams: _Streams, timeout: float) -> None:
     """Read output for up to ``timeout`` seconds; once the pipes are closed, wait for the exit instead.
 
     The pipes reach end of file a moment before the process can be reaped, so sleeping instead of
@@ -382,7 +678,7 @@ _StopReason = Literal["timeout", "cancelled", "overflow"]
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes],
+    proc: _Process,
     streams: _Streams,
     config: RunnerConfig,
     should_cancel: Callable[[], bool] | None,
@@ -417,7 +713,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _stop_group(proc: subprocess.Popen[bytes], pgid: int, streams: _Streams, *, grace: float) -> None:
+def _stop_group(proc: _Process, pgid: int, streams: _Streams, *, grace: float) -> None:
     """SIGTERM the group, SIGKILL it if anything is still alive ``grace`` seconds later, reap the CLI."""
     _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace

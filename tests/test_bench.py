@@ -1,0 +1,73 @@
+"""The benchmark's smoke run: every measurement works end to end, with tiny counts.
+
+The figures of a smoke run mean nothing (counts of two or three, wrk for one second); the full run
+is ``bench/run`` on a quiet machine. This only proves the command works: it starts the mock API,
+gunicorn, the rq worker pool with its warm CLIs and the bare Django view, measures, and writes its
+table and raw figures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (.ci/run installs it)")
+def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
+    db = settings.DATABASES["default"]
+    # A database of its own next to the suite's: the benchmark drops and recreates it.
+    database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}_bench"
+    out = tmp_path / "bench.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/gateway_bench.py",
+            "--smoke",
+            "--database-url",
+            database_url,
+            "--redis-url",
+            settings.REDIS_URL,
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert out.read_text() in done.stdout  # printed and written
+
+    table = out.read_text()
+    for measurement in (
+        "End-to-end latency p50, sequential at rest",
+        "back to back",
+        "Burst of",
+        "Cache hits, wrk 16 connections",
+        "Cache-hit latency p50 / p99",
+        "Cache hits recorded",
+        "Submissions missing the cache",
+        "Gateway CPU per job",
+        "Memory per warm CLI",
+        "Load average at start",
+    ):
+        assert measurement in table, measurement
+
+    raw = json.loads(out.with_suffix(".json").read_text())
+    hits = raw["cache_gateway"]
+    assert hits["requests"] > 0 and hits["non_2xx"] == 0
+    assert hits["requests"] <= hits["recorded"] <= hits["requests"] + raw["config"]["wrk_connections"]
+    assert raw["cache_bare"]["requests"] > 0
+    submitted = raw["submissions"]
+    assert submitted["non_2xx"] == 0 and submitted["jobs_created"] >= submitted["requests"] > 0
+    assert raw["burst"]["clis_reaped"] >= raw["burst"]["n"]  # each job took a CLI of its own
+    assert raw["memory"]["warm_clis"]["count"] >= raw["config"]["concurrency"]
