@@ -5,4 +5,5 @@ class CoreConfig(AppConfig):
     name = "core"
 
     def ready(self) -> None:
-        from core import checks  # noqa: F401  (registers the system checks)
+        # Imported for their side effects: system checks, and the admin login-failure counters.
+        from core import admin_login, checks  # noqa: F401

@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 from rq import Worker
 
@@ -22,6 +23,8 @@ _cli_version: dict[str, Any] = {"checked": 0.0, "value": None, "path": None}
 _cli_lock = threading.Lock()
 
 
+# csrf_exempt: these read nothing from cookies, so a stray POST is a 405 rather than a CSRF 403.
+@csrf_exempt
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
     """Liveness: the process serves. Touches nothing else."""
@@ -98,11 +101,13 @@ READINESS_CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
+@csrf_exempt
 @require_GET
 def ready(request: HttpRequest) -> JsonResponse:
     """Readiness: every component the gateway needs, with status and latency; 503 if any is down."""
     components = {name: _timed(check) for name, check in READINESS_CHECKS.items()}
-    ok = all(c["status"] == "ok" for c in components.values())
+    failing = [name for name, c in components.items() if c["status"] != "ok"]
     return JsonResponse(
-        {"status": "ok" if ok else "unavailable", "components": components}, status=200 if ok else 503
+        {"status": "unavailable" if failing else "ok", "failing": failing, "components": components},
+        status=503 if failing else 200,
     )

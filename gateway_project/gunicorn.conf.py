@@ -5,11 +5,70 @@ import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
 # Threads keep a worker answering while one request waits on a dedup join or a slow database.
-worker_class = "gthread"
+worker_class = "core.gunicorn_worker.JsonErrorThreadWorker"  # gthread, with JSON refusals
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
+# gunicorn's own ceilings, above the gateway's URL_MAX_CHARS and HEADERS_MAX_BYTES so that most
+# refusals come from Django with a precise message; both answer in the API's JSON shape.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
+
+# Metrics: each worker writes django-prometheus's counts to files in this directory and any worker's
+# /metrics sums them all (core.multiprocess). It must be set before a worker imports
+# prometheus_client, and belong to this server alone: the server empties it when it starts.
+_project_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_metrics_dir = None
+if os.environ.get("METRICS_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off"):
+    _metrics_dir = os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR",
+        os.path.join(
+            os.environ.get("GATEWAY_VAR_DIR") or os.path.join(_project_dir, "var"),
+            f"prometheus-{os.environ.get('PORT', '3000')}",
+        ),
+    )
+
+
+def on_starting(server):
+    if _metrics_dir:
+        from core import multiprocess
+
+        multiprocess.prepare(_metrics_dir)
+
+
+def child_exit(server, worker):
+    # The worker has been reaped: fold its counts into the archive so scrapes read few files.
+    if _metrics_dir:
+        from core import multiprocess
+
+        multiprocess.process_exited(worker.pid, _metrics_dir)
+
+
+def post_worker_init(worker):
+    # Load the URLconf and the Redis client now rather than in the first request this worker serves:
+    # a fresh worker's first request (a scrape, often) would otherwise wait ~100 ms for imports.
+    from django.urls import get_resolver
+
+    from core.redis import redis_client
+
+    get_resolver().url_patterns  # noqa: B018
+    redis_client()
+
+
+# Logs: the application's shape (JSON lines, or LOG_FORMAT=text) for gunicorn's own lines too.
+def _logconfig():
+    from core.logs import gunicorn_logconfig
+
+    return gunicorn_logconfig(
+        level=(os.environ.get("LOG_LEVEL") or "INFO").upper(),
+        fmt="text" if os.environ.get("LOG_FORMAT", "").strip().lower() == "text" else "json",
+        access=bool(accesslog),
+    )
+
+
+logconfig_dict = _logconfig()

@@ -12,12 +12,14 @@ from django.core.exceptions import ImproperlyConfigured
 from core.env import (
     env_args,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_int_list,
     env_list,
     env_str,
 )
+from core.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("GATEWAY_VAR_DIR", str(BASE_DIR / "var")))
@@ -45,7 +47,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 PORT = env_int("PORT", 3000, minimum=1, maximum=65535)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin with the gateway's site: the dashboard on the index and the cache page.
+    "core.admin.GatewayAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -53,6 +56,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_rq",
     "django_prometheus",
     "core",
@@ -62,6 +67,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.logs.RequestContextMiddleware",
+    "core.limits.JsonErrorPagesMiddleware",
+    "core.limits.RequestLimitsMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -70,6 +78,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "core.admin_login.AdminLoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
@@ -97,7 +106,9 @@ TEMPLATES = [
 # Database: a SQLite file by default so the gateway starts with no database server.
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'gateway.sqlite3'}")
 try:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+    # No health checks: they cost a round trip (SELECT 1) on every request, a quarter of a cache hit's
+    # database time. A connection that a database restart broke fails one request and is replaced.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=False)}
 except Exception as exc:  # dj_database_url raises several types for a malformed URL
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -142,8 +153,38 @@ QUEUE_CONCURRENCY = env_int("QUEUE_CONCURRENCY", 5, minimum=1, maximum=256)
 MCP_ENABLED = env_bool("MCP_ENABLED", True)
 ROUTING_REFRESH_SECONDS = env_float("ROUTING_REFRESH_SECONDS", 1.0, minimum=0.0)
 METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+# Optional bearer token that /metrics requires (Prometheus: authorization.credentials_file).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+if METRICS_ENABLED:
+    # django-prometheus's subclasses of the same backends: query and cache counts and latency on /metrics.
+    DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
+        "django.db.backends.", "django_prometheus.db.backends."
+    )
+    CACHES["default"]["BACKEND"] = "django_prometheus.cache.backends.redis.RedisCache"
 ADMIN_ENABLED = env_bool("ADMIN_ENABLED", True)
 GATEWAY_REQUIRE_AUTH = env_bool("GATEWAY_REQUIRE_AUTH", True)
+# How long a process may reuse an API key row it read (queries/auth.py); any change to a key ends it.
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 60.0, minimum=0.0)
+
+# Security and limits (README, "Security and limits")
+# "key": cached answers and in-flight jobs are shared only among one key's own submissions.
+CACHE_SCOPE = env_choice("CACHE_SCOPE", "key", ("key", "global"))
+METADATA_MAX_DEPTH = env_int("METADATA_MAX_DEPTH", 8, minimum=1, maximum=64)
+URL_MAX_CHARS = env_int("URL_MAX_CHARS", 2048, minimum=256, maximum=8000)
+HEADERS_MAX_BYTES = env_int("HEADERS_MAX_BYTES", 16 * 1024, minimum=1024)
+ADMIN_LOGIN_MAX_FAILURES = env_int("ADMIN_LOGIN_MAX_FAILURES", 5, minimum=1)
+ADMIN_LOGIN_LOCKOUT_SECONDS = env_int("ADMIN_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Load balancers and Prometheus probe these over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", SECURE_SSL_REDIRECT)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SECURE_SSL_REDIRECT)
+# Only behind a proxy that sets X-Forwarded-Proto itself: a client could otherwise claim https.
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # The Claude CLI
 CLAUDE_BIN = env_str("CLAUDE_BIN", "claude")
@@ -162,14 +203,28 @@ CLAUDE_WORKDIR = Path(
     )
 ).expanduser()
 CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC = env_bool("CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC", True)
+# Warm CLI pool (queries/pool.py): CLIs each worker process keeps started per model and MCP server
+# set, how old one may get before it is replaced (s), and how many such keys a worker keeps warm.
+CLAUDE_POOL_SIZE = env_int("CLAUDE_POOL_SIZE", 1, minimum=0, maximum=16)
+CLAUDE_POOL_MAX_AGE = env_float("CLAUDE_POOL_MAX_AGE", 300.0, minimum=4.0)
+CLAUDE_POOL_KEYS = env_int("CLAUDE_POOL_KEYS", 4, minimum=1, maximum=64)
 
 # Webhooks
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
 WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 15.0, minimum=0.1)
 WEBHOOK_SECRET = env_str("WEBHOOK_SECRET", "")
+if WEBHOOK_SECRET:
+    from webhooks.signing import secret_key_bytes  # pure: no models, safe to import from settings
+
+    try:
+        secret_key_bytes(WEBHOOK_SECRET)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"WEBHOOK_SECRET {exc}") from None
 WEBHOOK_RETRY_SCHEDULE = env_int_list(
     "WEBHOOK_RETRY_SCHEDULE", [0, 5, 300, 1800, 7200, 18000, 36000, 36000], minimum=0
 )
+# How often workers re-queue webhook deliveries that are due (the sweeper; also `manage.py reconcile`).
+WEBHOOK_SWEEP_INTERVAL = env_int("WEBHOOK_SWEEP_INTERVAL", 60, minimum=5)
 
 # rq: one queue per priority, taken in this order by every worker. A job's own timeout is the CLI's
 # plus room for the group kill and bookkeeping, so rq never kills a work horse that is still cleaning up.
@@ -177,15 +232,38 @@ RQ_QUEUE_NAMES = ["high", "default", "low"]
 RQ_JOB_TIMEOUT = int(CLAUDE_TIMEOUT + CLAUDE_KILL_GRACE + 60)
 RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": RQ_JOB_TIMEOUT} for name in RQ_QUEUE_NAMES}
 RQ_SHOW_ADMIN_LINK = True
-RQ = {"WORKER_CLASS": "queries.worker.GatewayWorker"}
+# Jobs run in the worker process itself; WORKER_FORK forks a work horse per job (queries/worker.py).
+WORKER_FORK = env_bool("WORKER_FORK", False)
+RQ = {
+    "WORKER_CLASS": "queries.worker.GatewayWorker" if WORKER_FORK else "queries.worker.GatewayInProcessWorker"
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["queries.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["queries.auth.HasApiKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# OpenAPI: /api/schema/ and /api/docs/ (Swagger UI from the sidecar's static files: no CDN).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Claude gateway API",
+    "DESCRIPTION": "Queries answered by the Claude Code CLI: cached, deduplicated and queued by priority.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "queries.schema.add_plain_django_paths",
+    ],
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -207,12 +285,6 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
-LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "text"))
+LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT, secrets=(SECRET_KEY, WEBHOOK_SECRET, METRICS_TOKEN))

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import health
 from queries.api import QueryCreateApi, QueryDetailApi
@@ -8,12 +9,16 @@ from queries.api import QueryCreateApi, QueryDetailApi
 urlpatterns = [
     path("api/query", QueryCreateApi.as_view(), name="query-create"),
     path("api/query/<str:job_id>", QueryDetailApi.as_view(), name="query-detail"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("health", health.health, name="health"),
     path("ready", health.ready, name="ready"),
 ]
 
 if settings.METRICS_ENABLED:
-    urlpatterns.append(path("", include("django_prometheus.urls")))
+    from core.metrics import metrics_view
+
+    urlpatterns.append(path("metrics", metrics_view, name="metrics"))
 
 if settings.ADMIN_ENABLED:
     urlpatterns += [

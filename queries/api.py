@@ -7,14 +7,18 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core import logs
 from core.errors import NotFound
-from queries import services
+from core.parsers import json_depth
+from queries import schema, services
 from queries.models import Job, Priority, QueryRequest
+from queries.quotas import SubmissionRateThrottle
 from webhooks.services import UnsafeWebhookUrl, webhook_url_check
 
 MODEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:[]@/")
@@ -39,13 +43,42 @@ class StrictBooleanField(serializers.BooleanField):
 
 
 class QueryCreateApi(APIView):
+    throttle_classes = [SubmissionRateThrottle]
+
+    @extend_schema_serializer(component_name="QueryCreate")
     class InputSerializer(serializers.Serializer):
-        query = StrictCharField(trim_whitespace=False, allow_blank=True)
-        webhookUrl = StrictCharField(required=False, trim_whitespace=False, allow_blank=False)  # noqa: N815
-        priority = serializers.ChoiceField(choices=Priority.values, required=False, default=Priority.NORMAL)
-        model = StrictCharField(required=False, allow_null=True, max_length=100)
-        metadata = serializers.JSONField(required=False, allow_null=True)
-        noCache = StrictBooleanField(required=False, default=False)  # noqa: N815
+        query = StrictCharField(
+            trim_whitespace=False,
+            allow_blank=True,
+            help_text="The question, sent to the CLI verbatim. Not blank; at most QUERY_MAX_CHARS chars.",
+        )
+        webhookUrl = StrictCharField(  # noqa: N815
+            required=False,
+            trim_whitespace=False,
+            allow_blank=False,
+            max_length=2048,
+            help_text="http(s) URL to receive the outcome; must resolve to a public address.",
+        )
+        priority = serializers.ChoiceField(
+            choices=Priority.values,
+            required=False,
+            default=Priority.NORMAL,
+            help_text="Queue to use; a key may be limited to some priorities.",
+        )
+        model = StrictCharField(
+            required=False,
+            allow_null=True,
+            max_length=100,
+            help_text="Model name or alias passed as --model; part of the cache key.",
+        )
+        metadata = serializers.JSONField(
+            required=False,
+            allow_null=True,
+            help_text="Any JSON object; stored with the request, never sent to Claude, not hashed.",
+        )
+        noCache = StrictBooleanField(  # noqa: N815
+            required=False, default=False, help_text="Skip the cache lookup (the answer is still cached)."
+        )
 
         def to_internal_value(self, data: Any) -> Any:
             if not isinstance(data, dict):
@@ -90,6 +123,11 @@ class QueryCreateApi(APIView):
                 return None
             if not isinstance(value, dict):
                 raise serializers.ValidationError("Must be a JSON object.")
+            depth = json_depth(value)
+            if depth > settings.METADATA_MAX_DEPTH:
+                raise serializers.ValidationError(
+                    f"Is nested {depth} levels deep; the limit is {settings.METADATA_MAX_DEPTH}."
+                )
             size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
             if size > settings.METADATA_MAX_BYTES:
                 raise serializers.ValidationError(
@@ -97,6 +135,7 @@ class QueryCreateApi(APIView):
                 )
             return value
 
+    @extend_schema(request=InputSerializer, **schema.QUERY_CREATE)
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -110,6 +149,7 @@ class QueryCreateApi(APIView):
             metadata=data.get("metadata"),
             no_cache=data["noCache"],
         )
+        logs.bind(job_id=submission.job_id)
         body: dict[str, Any] = {
             "requestId": str(submission.request.id),
             "jobId": str(submission.job_id),
@@ -142,11 +182,12 @@ class QueryDetailApi(APIView):
                 "error": job.error_payload(),
             }
 
+    @extend_schema(**schema.QUERY_DETAIL)
     def get(self, request: Request, job_id: str) -> Response:
         try:
             parsed = uuid.UUID(job_id)
         except ValueError:
-            raise NotFound(f"No job {job_id[:100]!r}: job ids are UUIDs.") from None
+            raise NotFound("No such job: job ids are UUIDs.") from None
         job = services.job_get_for_caller(job_id=parsed, api_key=request.auth)
         if job is None:
             raise NotFound(f"No job {parsed}.")

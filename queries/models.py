@@ -3,10 +3,14 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Priority(models.TextChoices):
@@ -31,12 +35,75 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # Limits: blank means unlimited (see queries/quotas.py for how each one is enforced).
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="After this moment the key is refused (401). Blank: never."
+    )
+    allowed_priorities = models.JSONField(
+        default=list, blank=True, help_text="Priorities this key may ask for. Empty: all of them."
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Model names this key may ask for; when set, every query must name one. Empty: any model.",
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Submissions accepted in any rolling 60 seconds. Blank: unlimited.",
+    )
+    max_concurrent_jobs = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Jobs created by this key that may be queued or running at once. Blank: unlimited.",
+    )
+    monthly_budget_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="New jobs are refused once this UTC month's CLI cost reaches it. Blank: unlimited.",
+    )
+
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(rate_limit_per_minute__isnull=True) | Q(rate_limit_per_minute__gte=1),
+                name="apikey_rate_limit_at_least_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_concurrent_jobs__isnull=True) | Q(max_concurrent_jobs__gte=1),
+                name="apikey_max_concurrent_at_least_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(monthly_budget_usd__isnull=True) | Q(monthly_budget_usd__gte=0),
+                name="apikey_budget_not_negative",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    def clean(self) -> None:
+        if not isinstance(self.allowed_priorities, list) or not set(self.allowed_priorities) <= set(
+            Priority.values
+        ):
+            raise ValidationError(
+                {"allowed_priorities": f"Must be a list drawn from {', '.join(Priority.values)}."}
+            )
+        if not isinstance(self.allowed_models, list) or not all(
+            isinstance(m, str) and m.strip() for m in self.allowed_models
+        ):
+            raise ValidationError({"allowed_models": "Must be a list of model names."})
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
     @staticmethod
     def hash_key(key: str) -> str:
@@ -96,6 +163,14 @@ class Job(models.Model):
     error_message = models.TextField(blank=True, default="")
 
     rq_job_id = models.CharField(max_length=64, blank=True, default="")
+    retry_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="retries",
+        help_text="The failed or cancelled job an operator retried as this one.",
+    )
     worker_name = models.CharField(max_length=200, blank=True, default="")
     cli_pid = models.IntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -107,6 +182,8 @@ class Job(models.Model):
         indexes = [
             # Operators' "what is queued / running / failed lately" questions.
             models.Index(fields=["state", "created_at"], name="job_state_created_idx"),
+            # The dashboard's outcomes per hour and cost per day, and "failed in the last hour".
+            models.Index(fields=["finished_at"], name="job_finished_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_at_most_100"),

@@ -17,20 +17,26 @@ import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import django_rq
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from redis import Redis
 from redis.exceptions import RedisError
+from rq import Worker as RqWorker
+from rq.job import Job as RqJob
 
-from core.errors import Overloaded
+from core import logs, metrics
+from core.errors import GatewayError, Overloaded
 from core.redis import redis_client
-from queries import runner
+from queries import pool, quotas, runner
+from queries.auth import api_keys_changed, cache_scope
 from queries.models import PRIORITY_QUEUES, ApiKey, Job, Priority, QueryRequest
 from routing.services import McpUnavailable, Route, route_for_job, route_query
 from webhooks import services as webhook_services
@@ -60,10 +66,19 @@ def normalize_query(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split()).lower()
 
 
-def query_hash(*, normalized: str, model: str | None, servers: Iterable[str]) -> str:
-    """SHA-256 over a canonical JSON of what decides the answer: query, model and MCP servers."""
+def query_hash(
+    *, normalized: str, model: str | None, servers: Iterable[str], scope: str | None = None
+) -> str:
+    """SHA-256 over a canonical JSON of what decides the answer: query, model and MCP servers.
+
+    ``scope`` (see queries.auth.cache_scope) keeps one key's cache entries and in-flight marks apart
+    from another's; without one the hash is the same for every caller.
+    """
+    fields: dict[str, Any] = {"query": normalized, "model": model or None, "mcpServers": sorted(servers)}
+    if scope is not None:
+        fields["scope"] = scope
     canonical = json.dumps(
-        {"query": normalized, "model": model or None, "mcpServers": sorted(servers)},
+        fields,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -150,9 +165,15 @@ def query_submit(
     Every call records a QueryRequest. N identical concurrent calls make exactly one Job: the
     in-flight mark is claimed with SET NX before the Job row exists.
     """
+    quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
     normalized = normalize_query(query)
     route = route_query(query=query)
-    digest = query_hash(normalized=normalized, model=model, servers=route.server_names)
+    digest = query_hash(
+        normalized=normalized,
+        model=model,
+        servers=route.server_names,
+        scope=cache_scope(api_key=api_key),
+    )
     redis = redis_client()
     request_fields = {
         "api_key": api_key,
@@ -163,6 +184,8 @@ def query_submit(
         "webhook_url": webhook_url,
         "metadata": metadata,
         "no_cache": no_cache,
+        # The HTTP request's log requestId, so the id a client gets back is the one in the logs.
+        "id": logs.request_id_claim(),
     }
     # An intent whose rule says "never cache" (cache_ttl 0) has answers that go stale: no lookup either.
     lookup = settings.CACHE_ENABLED and not no_cache and route.cacheable
@@ -182,6 +205,8 @@ def query_submit(
             if not claimed:
                 submission = _submit_join(query_hash=digest, redis=redis, request_fields=request_fields)
                 if submission is not None:
+                    if lookup:
+                        metrics.cache_miss_counted()
                     return submission
                 continue
             if lookup:
@@ -192,6 +217,14 @@ def query_submit(
                     dedup_release(query_hash=digest, job_id=job_id, redis=redis)
                     return submission
 
+        try:
+            quotas.job_admit(api_key=api_key, job_id=job_id, redis=redis)
+        except GatewayError:
+            if settings.DEDUP_ENABLED:
+                dedup_release(query_hash=digest, job_id=job_id, redis=redis)
+            raise
+        if lookup:
+            metrics.cache_miss_counted()
         return _submit_new_job(
             job_id=job_id,
             query_hash=digest,
@@ -316,6 +349,8 @@ def job_enqueue(*, job: Job) -> None:
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
         description=f"run job {job.id}",
+        # The worker picks a CLI started ahead of time by these, without a database query.
+        meta=pool.job_meta(model=job.model, servers=job.mcp_servers),
     )
 
 
@@ -343,6 +378,9 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
             entry = cache_get(query_hash=job.hash)
             if entry is not None:
                 return _job_complete_from_cache(job=job, entry=entry)
+        refusal = quotas.job_budget_refusal(job=job)
+        if refusal is not None:
+            return job_fail(job=job, error_type=Job.ErrorType.BUDGET_EXCEEDED, message=refusal)
         return _job_execute(job=job)
     except Exception as exc:
         logger.exception("job %s failed inside the gateway", job.id)
@@ -357,19 +395,23 @@ def _job_execute(*, job: Job) -> Job:
         route = route_for_job(intent=job.intent, server_names=job.mcp_servers)
     except McpUnavailable as exc:
         return job_fail(job=job, error_type=Job.ErrorType.MCP_UNAVAILABLE, message=str(exc))
-    invocation = runner.ClaudeInvocation(
-        prompt=job.query,
-        model=job.model or None,
-        mcp_config=route.mcp_config(),
-        allowed_tools=route.allowed_tools(),
-        workdir=route.workdir,
-    )
+    invocation = pool.invocation_for(prompt=job.query, model=job.model, route=route)
+    logs.secrets_register_mcp(invocation.mcp_config)
 
     def on_start(pid: int) -> None:
         Job.objects.filter(id=job.id).update(progress=10, cli_pid=pid)
+        metrics.cli_started(job_id=job.id, expected_end=time.time() + settings.RQ_JOB_TIMEOUT)
 
-    outcome = runner.run_claude(invocation, runner.RunnerConfig.from_settings(), on_start=on_start)
+    config = runner.RunnerConfig.from_settings()
+    outcome = runner.run_claude(
+        invocation,
+        config,
+        on_start=on_start,
+        should_cancel=lambda: job_cancel_requested(job_id=job.id),
+        warm=pool.pool_claim(invocation=invocation, config=config),
+    )
     _record_cli_output(job=job, outcome=outcome)
+    metrics.cli_run_observed(job=job, outcome=outcome)
     if not outcome.ok:
         return job_fail(
             job=job,
@@ -453,6 +495,10 @@ def _job_complete_from_cache(*, job: Job, entry: dict[str, Any]) -> Job:
 
 
 def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Job:
+    # Cleared before the final state is written, so whoever sees the job finished sees no mark either.
+    # A submission in between finds no mark and makes a new job: the cache holds a success's answer
+    # already, and a failure's answer is never reused.
+    dedup_release(query_hash=job.hash, job_id=job.id)
     job.state = state
     job.progress = 100
     job.finished_at = timezone.now()
@@ -467,19 +513,62 @@ def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Jo
 
 def request_recorded(*, request: QueryRequest) -> None:
     """A joined or cache-answered request was recorded; its outcome may already be known."""
+    metrics.request_counted(request=request)
     webhook_services.webhook_on_request(request=request)
 
 
 def job_finished(*, job: Job) -> None:
     """A job reached a final state: every request that points to it now has its outcome."""
+    quotas.quota_jobs_release(job=job)
+    metrics.job_finished_counted(job=job)
+    logs.job_failure_log(job=job)
     webhook_services.webhook_on_job_finished(job=job)
 
 
 def job_fail(*, job: Job, error_type: str, message: str, extra_fields: Iterable[str] = ()) -> Job:
-    """Record a job's failure. Errors are never cached."""
+    """Record a job's failure (state ``cancelled`` for error type ``cancelled``). Errors are never cached."""
     job.error_type = error_type
     job.error_message = message[:10_000]
-    return _job_finish(job=job, state=Job.State.FAILED, extra_fields=extra_fields)
+    state = Job.State.CANCELLED if error_type == Job.ErrorType.CANCELLED else Job.State.FAILED
+    return _job_finish(job=job, state=state, extra_fields=extra_fields)
+
+
+def job_orphans_fail(*, idle_pid: int | None = None) -> int:
+    """Fail, as ``worker_lost``, the running jobs of this host whose worker process is gone; returns
+    how many. ``idle_pid`` is a process known to run no job now (the caller, between jobs): a job
+    naming it was left by a dead process whose pid it reuses.
+
+    A worker that runs jobs in its own process takes its job down with it when it dies; the worker
+    that replaces it and every worker's maintenance call this.
+    """
+    host = socket.gethostname()
+    running = Job.objects.filter(state=Job.State.RUNNING, worker_name__startswith=f"{host}:")
+    failed = 0
+    for job_id, worker_name in running.values_list("id", "worker_name"):
+        try:
+            pid = int(worker_name.rpartition(":")[2])
+        except ValueError:
+            continue
+        if pid != idle_pid and _process_alive(pid):
+            continue
+        if job_worker_lost(job_id=job_id, reason="The worker process running it died."):
+            failed += 1
+    return failed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return True  # no /proc: the signal check is all there is
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
@@ -508,6 +597,288 @@ def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
     return bool(settled)
 
 
+# --- operators: cancel, retry, reconcile, purge ------------------------------------------------------
+
+# Set by job_cancel for a running job; the worker running it polls for the key and stops the CLI.
+CANCEL_KEY = "cancel:{}"
+CACHE_PURGE_BATCH = 500
+_HASH_CHARS = frozenset("0123456789abcdef")
+
+
+class OperationRefused(Exception):
+    """An operator's action does not apply: the job is unknown or in a state the action cannot change."""
+
+
+def job_cancel_requested(*, job_id: uuid.UUID | str) -> bool:
+    """Whether an operator asked to cancel this job. Called every 0.2 s while its CLI runs."""
+    try:
+        return bool(redis_client().exists(CANCEL_KEY.format(job_id)))
+    except RedisError:
+        return False
+
+
+def job_cancel(*, job_id: uuid.UUID | str, reason: str = "Cancelled by an operator.") -> str:
+    """Cancel a queued or running job; returns ``cancelled`` or ``cancelling``.
+
+    A queued job is settled at once (``cancelled``): its rq entry is removed, its in-flight mark
+    released and ``job_finished`` fires, so callers' webhooks get ``query.failed``. A running job
+    (``cancelling``) is stopped by its worker within a second: the CLI's whole process group is
+    killed and the worker records the cancellation, with the same hooks. A running job whose worker
+    is gone stays running until ``reconcile`` settles it as ``worker_lost``.
+    """
+    job = _job_or_refuse(job_id)
+    if job.state == Job.State.QUEUED:
+        settled = Job.objects.filter(id=job.id, state=Job.State.QUEUED).update(
+            state=Job.State.CANCELLED,
+            error_type=Job.ErrorType.CANCELLED,
+            error_message=reason[:10_000],
+            progress=100,
+            finished_at=timezone.now(),
+        )
+        if settled:
+            _rq_job_cancel(job=job)
+            dedup_release(query_hash=job.hash, job_id=job.id)
+            job.refresh_from_db()
+            logger.info("job %s cancelled while queued", job.id)
+            job_finished(job=job)
+            return "cancelled"
+        job.refresh_from_db()  # a worker claimed it in between: cancel it as a running job
+    if job.state == Job.State.RUNNING:
+        try:
+            redis_client().set(CANCEL_KEY.format(job.id), reason[:500], ex=settings.RQ_JOB_TIMEOUT)
+        except RedisError as exc:
+            raise OperationRefused(f"Redis is unavailable, so the worker cannot be told: {exc}") from exc
+        logger.info("job %s: cancellation requested", job.id)
+        return "cancelling"
+    raise OperationRefused(f"Job {job.id} is {job.state}: only queued or running jobs can be cancelled.")
+
+
+def _rq_job_cancel(*, job: Job) -> None:
+    """Take a cancelled job's entry off its rq queue. Best effort: job_run skips a job that is not queued."""
+    queue = django_rq.get_queue(PRIORITY_QUEUES[job.priority])
+    try:
+        queue.remove(job.rq_job_id or str(job.id))
+    except RedisError:
+        logger.warning("could not remove job %s from its rq queue; the worker will skip it", job.id)
+
+
+def _job_or_refuse(job_id: uuid.UUID | str) -> Job:
+    try:
+        job = Job.objects.filter(id=job_id).first()
+    except (ValueError, TypeError, DjangoValidationError):
+        job = None
+    if job is None:
+        raise OperationRefused(f"No job with id {job_id!r}.")
+    return job
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What retrying a job led to: a new job, or the identical job already in flight."""
+
+    job: Job
+    created: bool
+
+
+def job_retry(*, job_id: uuid.UUID | str) -> Retry:
+    """Run a failed or cancelled job again as a new Job linked by ``retry_of``; the old record stays.
+
+    The retry claims the in-flight mark as a submission would: identical submissions join it instead
+    of starting another run, and if an identical job is already in flight that job is the answer and
+    nothing new is queued. Requests stay with the job that answered them (their callers already had
+    the failure, by GET and webhook); a caller that submits the query again joins the retry or gets
+    its cached answer. The retry is the operator's run: no key's concurrency slot or budget is used.
+    """
+    old = _job_or_refuse(job_id)
+    if old.state not in (Job.State.FAILED, Job.State.CANCELLED):
+        raise OperationRefused(f"Job {old.id} is {old.state}: only failed or cancelled jobs can be retried.")
+    already = old.retries.order_by("-created_at").first()
+    if already is not None:
+        raise OperationRefused(f"Job {old.id} was already retried as {already.id}; retry that one instead.")
+    new_id = uuid.uuid4()
+    redis = redis_client()
+    if settings.DEDUP_ENABLED:
+        in_flight = _dedup_claim_for(query_hash=old.hash, job_id=new_id, redis=redis)
+        if in_flight is not None:
+            return Retry(job=in_flight, created=False)
+    retry = Job.objects.create(
+        id=new_id,
+        hash=old.hash,
+        query=old.query,
+        normalized_query=old.normalized_query,
+        priority=old.priority,
+        model=old.model,
+        intent=old.intent,
+        mcp_servers=old.mcp_servers,
+        use_cache=old.use_cache,
+        rq_job_id=str(new_id),
+        retry_of=old,
+    )
+    try:
+        job_enqueue(job=retry)
+    except RedisError as exc:
+        job_fail(
+            job=retry,
+            error_type=Job.ErrorType.QUEUE_UNAVAILABLE,
+            message=f"The job could not be queued: {exc}",
+        )
+        dedup_release(query_hash=retry.hash, job_id=retry.id, redis=redis)
+        raise OperationRefused(f"The queue is unavailable: {exc}") from exc
+    logger.info("job %s retried as %s", old.id, retry.id)
+    return Retry(job=retry, created=True)
+
+
+def _dedup_claim_for(*, query_hash: str, job_id: uuid.UUID, redis: Redis) -> Job | None:
+    """Claim the in-flight mark for ``job_id``; returns the live job holding it instead, if any."""
+    key = DEDUP_KEY.format(query_hash)
+    try:
+        for _ in range(SUBMIT_ATTEMPTS):
+            if redis.set(key, str(job_id), nx=True, ex=settings.DEDUP_TTL):
+                return None
+            holder = redis.get(key)
+            if holder is None:
+                continue
+            holder_id = holder.decode() if isinstance(holder, bytes) else str(holder)
+            job = _wait_for_job(holder_id)
+            if job is not None and not job.is_finished:
+                return job
+            dedup_release(query_hash=query_hash, job_id=holder_id, redis=redis)
+    except RedisError as exc:
+        raise OperationRefused(f"Redis is unavailable: {exc}") from exc
+    raise OperationRefused("An identical query kept starting and finishing; try again.")
+
+
+def jobs_retry_failed(*, since: datetime) -> list[tuple[Job, Retry | None, str]]:
+    """Retry every job that failed at or after ``since`` and has not been retried yet.
+
+    Returns ``(failed job, retry or None, problem)`` for each, oldest first; cancelled jobs are left
+    alone (someone meant to stop them).
+    """
+    failed = Job.objects.filter(state=Job.State.FAILED, finished_at__gte=since, retries__isnull=True)
+    outcomes: list[tuple[Job, Retry | None, str]] = []
+    for job in failed.order_by("finished_at"):
+        try:
+            outcomes.append((job, job_retry(job_id=job.id), ""))
+        except OperationRefused as exc:
+            outcomes.append((job, None, str(exc)))
+    return outcomes
+
+
+def _rq_jobs_in_progress(*, redis: Redis) -> set[str]:
+    """The rq job ids that live workers report executing."""
+    current = set()
+    for worker in RqWorker.all(connection=redis):
+        for execution in worker.get_current_executions(refresh=True):
+            current.add(str(execution.job_id))
+    return current
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def job_reconcile_stale(
+    *, grace_seconds: float = 60.0, retry: bool = False
+) -> list[tuple[Job, Retry | None]]:
+    """Settle running jobs whose worker is gone as ``worker_lost`` (and retry them if asked).
+
+    A job counts as orphaned when it has run for longer than ``grace_seconds``, no live rq worker
+    reports it as its current job, and, when it ran on this host, its process is gone. rq forgets a
+    worker that stopped sending heartbeats after its TTL, so a crash is found within minutes.
+    """
+    redis = redis_client()
+    cutoff = timezone.now() - timedelta(seconds=grace_seconds)
+    candidates = list(Job.objects.filter(state=Job.State.RUNNING, started_at__lt=cutoff))
+    if not candidates:
+        return []
+    in_progress = _rq_jobs_in_progress(redis=redis)
+    host = socket.gethostname()
+    settled: list[tuple[Job, Retry | None]] = []
+    for job in candidates:
+        if (job.rq_job_id or str(job.id)) in in_progress:
+            continue
+        job_host, _, pid = job.worker_name.rpartition(":")
+        if job_host == host and pid.isdigit() and _process_alive(int(pid)):
+            continue
+        reason = "No live worker was running this job (found by reconcile)."
+        if not job_worker_lost(job_id=job.id, reason=reason):
+            continue
+        job.refresh_from_db()
+        retried = None
+        if retry:
+            try:
+                retried = job_retry(job_id=job.id)
+            except OperationRefused as exc:
+                logger.warning("job %s: could not retry it: %s", job.id, exc)
+        settled.append((job, retried))
+    return settled
+
+
+def jobs_requeue_lost(*, grace_seconds: float = 60.0) -> list[Job]:
+    """Enqueue again the queued jobs whose rq entry is gone (a Redis flush); the row is the truth."""
+    redis = redis_client()
+    cutoff = timezone.now() - timedelta(seconds=grace_seconds)
+    requeued = []
+    for job in Job.objects.filter(state=Job.State.QUEUED, created_at__lt=cutoff).order_by("created_at"):
+        if RqJob.exists(job.rq_job_id or str(job.id), connection=redis):
+            continue
+        if settings.DEDUP_ENABLED:
+            # Identical submissions should join this job again rather than start their own.
+            redis.set(DEDUP_KEY.format(job.hash), str(job.id), nx=True, ex=settings.DEDUP_TTL)
+        job_enqueue(job=job)
+        requeued.append(job)
+    return requeued
+
+
+def cache_hash_check(value: str) -> str:
+    """The hash in canonical form (64 lowercase hex characters), or ValueError."""
+    text = value.strip().lower()
+    if len(text) != 64 or not set(text) <= _HASH_CHARS:
+        raise ValueError(f"{value!r} is not a query hash (64 hexadecimal characters).")
+    return text
+
+
+def cache_purge(*, query_hashes: Iterable[str], redis: Redis | None = None) -> int:
+    """Delete the cached answers of these hashes; returns how many existed."""
+    keys = sorted({CACHE_KEY.format(cache_hash_check(h)) for h in query_hashes})
+    if not keys:
+        return 0
+    return int((redis or redis_client()).delete(*keys))
+
+
+def cache_purge_all(*, batch: int = CACHE_PURGE_BATCH, redis: Redis | None = None) -> int:
+    """Delete every cached answer (``claude:*``) and nothing else; returns how many were deleted.
+
+    SCAN walks the keyspace in steps without blocking Redis (KEYS would, for as long as it takes),
+    and each batch goes in one pipelined UNLINK, which frees memory outside Redis's main thread.
+    """
+    redis = redis or redis_client()
+    deleted = 0
+    pending: list[bytes] = []
+
+    def flush() -> int:
+        pipe = redis.pipeline(transaction=False)
+        for key in pending:
+            pipe.unlink(key)
+        count = sum(int(n) for n in pipe.execute())
+        pending.clear()
+        return count
+
+    for key in redis.scan_iter(match=CACHE_KEY.format("*"), count=batch):
+        pending.append(key)
+        if len(pending) >= batch:
+            deleted += flush()
+    if pending:
+        deleted += flush()
+    return deleted
+
+
 # --- reading ---------------------------------------------------------------------------------------
 
 
@@ -521,11 +892,24 @@ def job_get_for_caller(*, job_id: uuid.UUID, api_key: ApiKey | None) -> Job | No
 # --- API keys --------------------------------------------------------------------------------------
 
 
-def api_key_create(*, name: str) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the plaintext key, which is stored nowhere and shown once."""
+def api_key_create(*, name: str, limits: dict[str, Any] | None = None) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the plaintext key, which is stored nowhere and shown once.
+
+    ``limits`` sets ApiKey's limit fields (expires_at, rate_limit_per_minute, ...); a bad value raises
+    django.core.exceptions.ValidationError.
+    """
     name = name.strip()
     if not name:
         raise ValueError("An API key needs a name.")
     key = ApiKey.PREFIX + secrets.token_urlsafe(32)
-    api_key = ApiKey.objects.create(name=name[:100], prefix=key[:12], key_hash=ApiKey.hash_key(key))
+    api_key = ApiKey(name=name[:100], prefix=key[:12], key_hash=ApiKey.hash_key(key), **(limits or {}))
+    api_key.full_clean(exclude=["key_hash"])
+    api_key.save()
     return api_key, key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> bool:
+    """Refuse the key from now on (401); False if it was already revoked. The row and its history stay."""
+    revoked = bool(ApiKey.objects.filter(pk=api_key.pk, is_active=True).update(is_active=False))
+    api_keys_changed()  # update() sends no signal: tell every process's key cache
+    return revoked

@@ -1,18 +1,73 @@
-"""The rq worker class the gateway runs (settings.RQ["WORKER_CLASS"])."""
+"""The rq worker classes the gateway runs (settings.RQ["WORKER_CLASS"]; WORKER_FORK picks one)."""
 
 from __future__ import annotations
 
-from django.db import connections
-from rq import Worker
+import logging
+import os
+import time
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+from rq import SimpleWorker, Worker
+from rq.worker import WorkerStatus
 
 from queries import services
+from queries.pool import CliPoolWorkerMixin
+from webhooks import services as webhook_services
+
+logger = logging.getLogger(__name__)
 
 
-class GatewayWorker(Worker):
+class GatewayWorker(CliPoolWorkerMixin, Worker):
     """rq's forking worker, plus: a work horse that dies mid-job fails its Job as ``worker_lost``.
 
     Without this the Job row would stay ``running`` with its dedup mark held until it expired.
+    It also runs the webhook sweeper every WEBHOOK_SWEEP_INTERVAL, so deliveries whose rq jobs were
+    lost (a Redis flush, no rq scheduler) still go out.
     """
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # An idle worker blocks in BLPOP for this long: wake often enough for the sweep to be on time.
+        return min(super().dequeue_timeout, settings.WEBHOOK_SWEEP_INTERVAL)
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return super().should_run_maintenance_tasks or time.monotonic() >= getattr(self, "_next_sweep", 0.0)
+
+    def run_maintenance_tasks(self) -> None:
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()
+        if time.monotonic() < getattr(self, "_next_sweep", 0.0):
+            return
+        self._next_sweep = time.monotonic() + settings.WEBHOOK_SWEEP_INTERVAL
+        try:
+            webhook_services.webhook_sweep_if_due()
+        except Exception:
+            logger.exception("the webhook sweep failed; the next one retries")
+        finally:
+            connections.close_all()
+        self._fail_orphaned_jobs()
+
+    def bootstrap(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().bootstrap(*args, **kwargs)
+        self._fail_orphaned_jobs()
+
+    def _fail_orphaned_jobs(self) -> None:
+        try:
+            services.job_orphans_fail(idle_pid=os.getpid())
+        except Exception:
+            logger.exception("could not look for jobs whose worker died; the next sweep retries")
+        finally:
+            connections.close_all()
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:  # type: ignore[no-untyped-def]
+        # A Redis that restarted without persistence has forgotten this worker: register it again, or
+        # /ready and the admin would report no worker until this process restarts.
+        if pipeline is None and not self.connection.exists(self.key):
+            self.log.warning("Worker %s: registration lost (Redis restarted?); registering again", self.name)
+            self.register_birth()
+        super().heartbeat(timeout, pipeline)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:  # type: ignore[no-untyped-def]
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
@@ -25,3 +80,41 @@ class GatewayWorker(Worker):
         finally:
             # Work horses are forked from this process: it must not keep a connection they would inherit.
             connections.close_all()
+
+
+class GatewayInProcessWorker(GatewayWorker):
+    """The gateway's default worker: each job runs in this process, as in rq's SimpleWorker.
+
+    A work horse forked per job costs about 40 ms of CPU and 30 ms of latency (copy-on-write faults
+    over the worker's memory, a new database connection, rq's bookkeeping in the child): 5-7% of the
+    CPU a CLI run takes, enough to keep a burst of queries from keeping up with the bare CLI on a
+    small machine (README, "Performance"). The runner already stops the CLI at CLAUDE_TIMEOUT, and
+    rq's job timeout still applies (SIGALRM in this process). What forking bought: a job that kills
+    its process (out of memory, say) no longer takes only the horse. Here it takes the worker;
+    rqworker-pool starts another, which fails the job as ``worker_lost`` and kills its CLI
+    (services.job_orphans_fail), as every worker's maintenance does for any worker that died on this
+    host. WORKER_FORK=true runs GatewayWorker, which forks, instead.
+    """
+
+    def execute_job(self, job, queue) -> None:  # type: ignore[no-untyped-def]
+        with self.cli_pool_job(job):
+            # The connection lives across jobs (no reconnect per job) unless it broke or grew old.
+            close_old_connections()
+            try:
+                execution = self.prepare_execution(job)
+                self.perform_job(job, queue, execution)
+                self.set_state(WorkerStatus.IDLE)
+            finally:
+                close_old_connections()
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:  # type: ignore[no-untyped-def]
+        # No heartbeat is sent while a job runs in this process: the registration must outlive the job.
+        return SimpleWorker.get_heartbeat_ttl(self, job, working_time)  # type: ignore[arg-type]
+
+    def kill_horse(self, sig=None) -> None:  # type: ignore[no-untyped-def]
+        # There is no horse. rq's Worker would signal the process group of pid 0: this worker's own,
+        # and with it the whole rqworker-pool. Cancel a running job with services.job_cancel.
+        self.log.warning("Worker %s: jobs run in-process; stop one with the gateway's cancel", self.name)
+
+    def wait_for_horse(self):  # type: ignore[no-untyped-def]
+        return None, None, None

@@ -185,6 +185,11 @@ def worker_process(transactional_db: None, mock: MockAnthropic, tmp_path: Path, 
 @pytest.fixture
 def web_server(transactional_db: None, mock: MockAnthropic, tmp_path: Path, processes: Processes) -> str:
     """The gateway served by gunicorn, as in production, against the test database; returns its URL."""
+    return start_web_server(processes, mock, tmp_path)
+
+
+def start_web_server(processes: Processes, mock: MockAnthropic, tmp_path: Path, **extra: str) -> str:
+    """Start gunicorn (2 workers) with ``extra`` environment; returns its URL once it serves."""
     import socket
 
     with socket.socket() as sock:
@@ -197,6 +202,9 @@ def web_server(transactional_db: None, mock: MockAnthropic, tmp_path: Path, proc
         HOST="127.0.0.1",
         PORT=str(port),
         WEB_CONCURRENCY="2",
+        # Each server's own metrics files: gunicorn empties the directory when it starts.
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prometheus-{port}"),
+        **extra,
     )
     command = [
         str(Path(sys.executable).with_name("gunicorn")),
@@ -212,7 +220,7 @@ def web_server(transactional_db: None, mock: MockAnthropic, tmp_path: Path, proc
             pytest.fail(f"gunicorn exited with {proc.returncode}")
         try:
             return requests.get(f"{url}/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a busy machine may be slow to boot it
             return False
 
     wait_for(up, timeout=30, message="gunicorn to serve")

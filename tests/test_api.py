@@ -173,7 +173,8 @@ def test_keys_are_stored_only_as_hashes(api_key):
     assert row.key_hash == ApiKey.hash_key(key) and key not in (row.prefix, row.key_hash, row.name)
 
 
-def test_a_key_sees_only_jobs_its_own_requests_point_to(client):
+def test_a_key_sees_only_jobs_its_own_requests_point_to(client, settings):
+    settings.CACHE_SCOPE = "global"  # keys share in-flight jobs only when the operator says so
     job_id = post(client, {"query": "mine"}).json()["jobId"]
     _, other_key = services.api_key_create(name="other")
     other = APIClient()
@@ -188,6 +189,9 @@ def test_a_key_sees_only_jobs_its_own_requests_point_to(client):
 def test_unknown_and_malformed_job_ids_are_404(client):
     assert_error(client.get("/api/query/00000000-0000-0000-0000-000000000000"), 404, "not_found_error")
     assert_error(client.get("/api/query/not-a-uuid"), 404, "not_found_error")
+    # Whatever was put in the path (a pasted key, say) is not echoed back.
+    error = assert_error(client.get("/api/query/cgw_pasted_secret_key"), 404, "not_found_error")
+    assert "cgw_pasted_secret_key" not in error["message"]
 
 
 def test_wrong_method_is_405_json(client):

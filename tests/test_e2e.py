@@ -189,19 +189,22 @@ def test_submit_via_service_is_picked_up_by_a_running_worker(worker_process, moc
     assert job.state == Job.State.COMPLETED and job.response == "hello from the mock"
 
 
-def test_a_work_horse_killed_mid_job_fails_it_as_worker_lost(http, worker_process):
+@pytest.mark.parametrize("fork", [False, True], ids=["in-process", "forking"])
+def test_a_process_killed_mid_job_fails_it_as_worker_lost(http, worker_process, fork):
     import os
     import signal
 
-    worker_process()
+    # In-process, the job dies with its worker: the pool starts another, which settles the job.
+    # Forking, the worker outlives its horse and settles the job itself.
+    worker_process(pool=1, env={"WORKER_FORK": "true" if fork else "false"})
     job_id = submit(http, {"query": "[[mock:sleep=60]] take your time"}).json()["jobId"]
     job = wait_for(
         lambda: Job.objects.filter(id=job_id, cli_pid__isnull=False).first(),
         timeout=30,
         message="the CLI to start",
     )
-    horse = int(Path(f"/proc/{job.cli_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    os.kill(horse, signal.SIGKILL)
+    # The process that runs the job (a warm CLI's parent is the worker, never a horse).
+    os.kill(int(job.worker_name.rpartition(":")[2]), signal.SIGKILL)
     body = wait_finished(http, job_id)
     assert body["state"] == "failed" and body["error"]["type"] == "worker_lost"
     wait_for(lambda: group_members(job.cli_pid) == [], timeout=10, message="the orphaned CLI to be killed")
