@@ -406,6 +406,8 @@ def wait_pool_ready(setup: Setup, pool_master: subprocess.Popen, timeout: float 
         clis = warm_clis(workers)
         if len(clis) < expected:
             return False
+        if setup.args.smoke:
+            return True  # the smoke run checks that every measurement works, not how fast
         before = {pid: tree_cpu(pid) for pid in clis}
         time.sleep(0.3)
         after = {pid: tree_cpu(pid) for pid in clis}

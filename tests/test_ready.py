@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 import redis
@@ -55,6 +56,14 @@ def test_ready_turns_503_naming_redis_while_it_is_stopped_and_200_when_it_is_bac
     url = start_web_server(processes, mock, tmp_path, **env)
     worker_process(env=env)
     wait_for(lambda: ready(url).status_code == 200, timeout=60, message="/ready to turn 200")
+    # rq gives up if Redis goes away while a starting worker cleans its registries: stop Redis only
+    # once that is over, as an outage would find a worker that has been running for a while.
+    wait_for(
+        lambda: any("cleaning group registries" in log.read_text() for log in tmp_path.glob("worker-*.log")),
+        timeout=60,
+        message="the worker to finish starting",
+    )
+    time.sleep(0.5)
 
     server.terminate()
     server.wait(timeout=10)
