@@ -320,17 +320,27 @@ def bare_sequential(setup: Setup, n: int, run_id: str) -> dict[str, Any]:
 
 
 def bare_parallel(setup: Setup, n: int, parallel: int, run_id: str) -> dict[str, Any]:
-    """n cold runs through ``xargs -P parallel``: runs per second."""
+    """n cold runs through ``xargs -P parallel``: runs per second, and CPU per run under the same
+    crowding as the gateway's burst (bench/claude_timed, whose own cost is a few milliseconds)."""
     workdir = Path(setup.env["CLAUDE_WORKDIR"])
     prompts = "".join(f"bare burst {run_id} {i}: name {i} primes\0" for i in range(n)).encode()
-    argv = ["xargs", "-0", "-n", "1", "-P", str(parallel), *cli_argv("")[:-1]]
+    argv = ["xargs", "-0", "-n", "1", "-P", str(parallel), setup.env["CLAUDE_BIN"], *cli_argv("")[1:-1]]
+    times = setup.tmp / "bare-times.txt"
+    env = {**cli_env(setup), "BENCH_CLI_TIMES": str(times)}
     started = time.monotonic()
-    done = subprocess.run(argv, input=prompts, cwd=workdir, env=cli_env(setup), capture_output=True)
+    done = subprocess.run(argv, input=prompts, cwd=workdir, env=env, capture_output=True)
     elapsed = time.monotonic() - started
+    cpu, runs, _ = CpuAccount.cli_seconds(times, 0)
     answers = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
     if done.returncode != 0 or len(answers) != n or any(a.get("is_error") for a in answers):
         raise RuntimeError(f"xargs -P: {done.returncode}, {len(answers)} answers, {done.stderr[-300:]!r}")
-    return {"n": n, "parallel": parallel, "seconds": elapsed, "per_second": n / elapsed}
+    return {
+        "n": n,
+        "parallel": parallel,
+        "seconds": elapsed,
+        "per_second": n / elapsed,
+        "cpu_per_run": cpu / runs,
+    }
 
 
 # --- the gateway -------------------------------------------------------------------------------------
@@ -523,10 +533,11 @@ class CpuAccount:
     def _scheduler(pid: int) -> bool:
         return cmdline(pid).startswith(str(PYTHON))
 
-    def _cli_seconds(self, offset: int) -> tuple[float, int, int]:
+    @staticmethod
+    def cli_seconds(times_file: Path, offset: int) -> tuple[float, int, int]:
         """(CPU seconds, runs) recorded after byte ``offset``, and the file's end."""
         try:
-            data = self.times_file.read_bytes()
+            data = times_file.read_bytes()
         except FileNotFoundError:
             return 0.0, 0, 0
         total, runs = 0.0, 0
@@ -542,7 +553,7 @@ class CpuAccount:
     def measure(self) -> Iterator[dict[str, float]]:
         figures: dict[str, float] = {}
         web_before, workers_before = self.long_lived()
-        _, _, offset = self._cli_seconds(0)
+        _, _, offset = self.cli_seconds(self.times_file, 0)
         try:
             yield figures
         finally:
@@ -553,7 +564,7 @@ class CpuAccount:
             figures["web"] = sum(web_after[p].cpu - web_before[p].cpu for p in web)
             figures["worker_own"] = sum(workers_after[p].cpu - workers_before[p].cpu for p in workers)
             reaped = sum(workers_after[p].children_cpu - workers_before[p].children_cpu for p in workers)
-            figures["cli"], figures["clis_reaped"], _ = self._cli_seconds(offset)
+            figures["cli"], figures["clis_reaped"], _ = self.cli_seconds(self.times_file, offset)
             figures["horses"] = reaped - figures["cli"]
 
 
@@ -872,13 +883,13 @@ def report(results: dict[str, Any]) -> str:
             f"{gateway_cpu * 1000:.1f} ms",
             f"web {cpu['web'] * 1000:.1f} + worker {cpu['worker_own'] * 1000:.1f}"
             f" + horse {cpu['horses'] * 1000:.1f} ms",
-            f"{gateway_cpu / bare['cpu_per_run']:.3f}× a bare run's CPU" if bare else "",
+            f"{gateway_cpu / par['cpu_per_run']:.3f}× a bare run's CPU",
         )
         row(
             "CLI CPU per job in the burst",
             f"{cpu['cli'] * 1000:.0f} ms",
-            f"bare CLI run: {bare['cpu_per_run'] * 1000:.0f} ms" if bare else "",
-            f"{cpu['cli'] / bare['cpu_per_run']:.2f}×" if bare else "",
+            f"bare CLI under xargs -P{par['parallel']}: {par['cpu_per_run'] * 1000:.0f} ms per run",
+            f"{cpu['cli'] / par['cpu_per_run']:.2f}×",
         )
     if "pool" in r:
         pool = r["pool"]

@@ -31,8 +31,10 @@ def sql_of(ctx: CaptureQueriesContext) -> list[str]:
 
 
 @pytest.fixture
-def answered(client, fake_claude):
+def answered(client, fake_claude, settings):
     """A query answered once (so the next identical one is a cache hit), and the key looked up once."""
+    # Routing rules are read again once a second, whatever the traffic: not per request.
+    settings.ROUTING_REFRESH_SECONDS = 3600
     fake_claude("ok")
     assert post(client, "What is 2+2?").status_code == 202
     run_queued_jobs()
