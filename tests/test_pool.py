@@ -25,6 +25,7 @@ from queries import pool, runner, services
 from queries.models import Job
 from queries.runner import ClaudeInvocation, RunnerConfig
 from tests.conftest import FAKE_CLAUDE, real_claude_bin, wait_for
+from tests.test_e2e import wait_finished
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -518,13 +519,7 @@ def http(web_server, api_key):
 def submit_and_wait(http, body: dict, timeout: float = 60) -> dict:
     response = http.post(f"{http.base}/api/query", json=body, timeout=30)
     assert response.status_code == 202, response.text
-    job_id = response.json()["jobId"]
-
-    def finished():
-        reply = http.get(f"{http.base}/api/query/{job_id}", timeout=10).json()
-        return reply if reply["state"] in ("completed", "failed", "cancelled") else None
-
-    return wait_for(finished, timeout=timeout, message=f"job {job_id}")
+    return wait_finished(http, response.json()["jobId"], timeout=timeout)
 
 
 def warm_children(worker_pid: int) -> list[int]:
