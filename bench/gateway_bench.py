@@ -733,6 +733,11 @@ def cache_hits(setup: Setup, gateway: Gateway, run_id: str) -> tuple[dict, dict]
     recorded = "SELECT count(*) FROM queries_queryrequest WHERE outcome = 'cached'"
     before = count_rows(setup, recorded)
     ours = wrk(setup, gateway.url, script, "cache-gateway")
+    # Hits are journaled in Redis and written by the web processes' recorders a moment later.
+    started = time.monotonic()
+    journal = redis.Redis.from_url(setup.redis_url)
+    wait_until(lambda: journal.xlen("journal:requests") == 0, 60, "the request journal to drain")
+    ours["journal_drain_s"] = time.monotonic() - started
     ours["recorded"] = count_rows(setup, recorded) - before
 
     bare_proc, bare_url = start_web(

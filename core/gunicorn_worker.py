@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.workers.gthread import ThreadWorker
 
 # (status, reason) by what gunicorn reported; everything else keeps gunicorn's status.
@@ -58,3 +58,15 @@ class JsonErrorThreadWorker(ThreadWorker):
         # The base worker's handle_error calls gunicorn.util.write_error by module attribute.
         util.write_error = write_json_error
         super().init_process()
+
+
+class GatewayLogger(glogging.Logger):
+    """gunicorn's logger, minus the access line's formatting when nothing would print it.
+
+    With a ``logconfig_dict`` gunicorn builds every request's access-log fields whether or not the
+    access log is on; the application writes its own access line (core.logs.RequestContextMiddleware).
+    """
+
+    def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)

@@ -21,22 +21,24 @@ class RequestLimitsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        meta = request.META
-        if len(request.get_full_path()) > settings.URL_MAX_CHARS:
-            return error_response(
-                414, f"The URL is too long; the limit is {settings.URL_MAX_CHARS} characters."
-            )
-        header_bytes = sum(
-            len(name) + len(value)
-            for name, value in meta.items()
-            if name.startswith("HTTP_") or name in ("CONTENT_TYPE", "CONTENT_LENGTH")
-            if isinstance(value, str)
+        return request_limits_refusal(request) or self.get_response(request)
+
+
+def request_limits_refusal(request: HttpRequest) -> HttpResponse | None:
+    """The 414 or 431 for a request past URL_MAX_CHARS or HEADERS_MAX_BYTES; None when within them."""
+    if len(request.get_full_path()) > settings.URL_MAX_CHARS:
+        return error_response(414, f"The URL is too long; the limit is {settings.URL_MAX_CHARS} characters.")
+    header_bytes = sum(
+        len(name) + len(value)
+        for name, value in request.META.items()
+        if name.startswith("HTTP_") or name in ("CONTENT_TYPE", "CONTENT_LENGTH")
+        if isinstance(value, str)
+    )
+    if header_bytes > settings.HEADERS_MAX_BYTES:
+        return error_response(
+            431, f"The request headers are too large; the limit is {settings.HEADERS_MAX_BYTES} bytes."
         )
-        if header_bytes > settings.HEADERS_MAX_BYTES:
-            return error_response(
-                431, f"The request headers are too large; the limit is {settings.HEADERS_MAX_BYTES} bytes."
-            )
-        return self.get_response(request)
+    return None
 
 
 class JsonErrorPagesMiddleware:

@@ -116,30 +116,44 @@ class RequestContextMiddleware:
     jobId when the request submitted or read a job.
     """
 
-    access_log = logging.getLogger("gateway.access")
-
     def __init__(self, get_response: Callable[[Any], Any]):
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
-        slot = {"id": uuid.uuid4(), "claimed": False}
-        request_token = _request_id.set(slot)
-        job_token = _job_id.set(None)
-        started = time.perf_counter()
-        try:
+        with request_scope() as request_id:
+            started = time.perf_counter()
             response = self.get_response(request)
-            response["X-Request-ID"] = str(slot["id"])
-            self.access_log.info(
-                "%s %s %s %.1fms",
-                request.method,
-                request.path[:200],
-                response.status_code,
-                (time.perf_counter() - started) * 1000,
-            )
+            response["X-Request-ID"] = str(request_id)
+            access_line(request, response, started)
             return response
-        finally:
-            _job_id.reset(job_token)
-            _request_id.reset(request_token)
+
+
+_access_log = logging.getLogger("gateway.access")
+
+
+@contextlib.contextmanager
+def request_scope() -> Iterator[uuid.UUID]:
+    """A fresh requestId (and no jobId) for the block: one HTTP request."""
+    slot = {"id": uuid.uuid4(), "claimed": False}
+    request_token = _request_id.set(slot)
+    job_token = _job_id.set(None)
+    try:
+        yield slot["id"]
+    finally:
+        _job_id.reset(job_token)
+        _request_id.reset(request_token)
+
+
+def access_line(request: Any, response: Any, started: float) -> None:
+    """The request's access-log line: method, path, status and duration (with requestId and jobId)."""
+    if _access_log.isEnabledFor(logging.INFO):
+        _access_log.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path[:200],
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
 
 
 class ContextFilter(logging.Filter):

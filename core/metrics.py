@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 # Redis keys (no django-redis prefix, so operators can look them up by name).
 COUNTERS_KEY = "metrics:counters"
 CLI_RUNNING_KEY = "metrics:cli_running"
+# Cache hits answered but not yet written to the database (queries/journal.py).
+REQUEST_JOURNAL_KEY = "journal:requests"
 
 # A CLI run takes from half a second (a cached-prompt answer) to CLAUDE_TIMEOUT (up to minutes).
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -93,13 +95,15 @@ HELP = {
     "claude_cli_processes_running": "CLI processes running a job now, across every worker host.",
     "claude_workers": "Live rq workers (by their heartbeat), by state.",
     "claude_metrics_store_up": "1 if the Redis-held gateway metrics could be read for this scrape.",
+    "claude_request_journal_pending": "Cache hits answered and journaled, not yet written to the database.",
+    "claude_request_journal_oldest_seconds": "Seconds the oldest journaled cache hit has waited (0 if none).",
 }
 
 
 # --- counting ----------------------------------------------------------------------------------------
 
 
-def _field(name: str, **labels: str) -> str:
+def field_name(name: str, **labels: str) -> str:
     """The Redis hash field of one series: the name, then its labels sorted, Prometheus-style."""
     if not labels:
         return name
@@ -136,9 +140,9 @@ def request_counted(*, request: Any) -> None:
     """Count a recorded submission answered from the cache or joined onto an in-flight job."""
     outcome = str(request.outcome)
     if outcome == "cached":
-        _add([(_field("claude_cache_hits_total"), 1)])
+        _add([(field_name("claude_cache_hits_total"), 1)])
     elif outcome == "deduplicated":
-        _add([(_field("claude_dedup_hits_total"), 1)])
+        _add([(field_name("claude_dedup_hits_total"), 1)])
 
 
 def cache_miss_counted() -> None:
@@ -147,22 +151,22 @@ def cache_miss_counted() -> None:
     Called once per submission, where the pipeline settles on not answering from the cache: a
     submission that lost a race looks more than once, but is one hit or one miss.
     """
-    _add([(_field("claude_cache_misses_total"), 1)])
+    _add([(field_name("claude_cache_misses_total"), 1)])
 
 
 def cli_pool_counted(*, hit: bool) -> None:
     """Count a CLI run that took a warm CLI from the pool (hit) or started its CLI cold (miss)."""
-    _add([(_field("claude_cli_pool_hits_total" if hit else "claude_cli_pool_misses_total"), 1)])
+    _add([(field_name("claude_cli_pool_hits_total" if hit else "claude_cli_pool_misses_total"), 1)])
 
 
 def job_finished_counted(*, job: Any) -> None:
     """Count a job that reached its final state (called once per job, where that state is saved)."""
     state = str(job.state)
     if state == "completed":
-        _add([(_field("claude_jobs_completed_total"), 1)])
+        _add([(field_name("claude_jobs_completed_total"), 1)])
     elif state in ("failed", "cancelled"):
         reason = _label(job.error_type or ("cancelled" if state == "cancelled" else ""))
-        _add([(_field("claude_jobs_failed_total", reason=reason), 1)])
+        _add([(field_name("claude_jobs_failed_total", reason=reason), 1)])
     # Whatever ended the job (an answer, a timeout, a dead work horse), its CLI is not running now.
     cli_stopped(job_id=job.id)
 
@@ -178,11 +182,11 @@ def cli_run_observed(*, job: Any, outcome: Any) -> None:
         index = bisect.bisect_left(DURATION_BUCKETS, duration)
         le = _float_text(DURATION_BUCKETS[index]) if index < len(DURATION_BUCKETS) else "+Inf"
         increments += [
-            (_field("claude_execution_duration_seconds_bucket", le=le), 1),
-            (_field("claude_execution_duration_seconds_sum"), float(duration)),
+            (field_name("claude_execution_duration_seconds_bucket", le=le), 1),
+            (field_name("claude_execution_duration_seconds_sum"), float(duration)),
         ]
     if job.cost_usd is not None and float(job.cost_usd) > 0:
-        increments.append((_field("claude_cost_usd_total"), float(job.cost_usd)))
+        increments.append((field_name("claude_cost_usd_total"), float(job.cost_usd)))
     tokens = {
         "input": job.input_tokens,
         "output": job.output_tokens,
@@ -191,13 +195,13 @@ def cli_run_observed(*, job: Any, outcome: Any) -> None:
     }
     for kind, count in tokens.items():
         if isinstance(count, int) and count > 0:
-            increments.append((_field("claude_tokens_total", type=kind), count))
+            increments.append((field_name("claude_tokens_total", type=kind), count))
     _add(increments)
 
 
 def webhook_delivery_counted(outcome: str) -> None:
     """Count one webhook delivery attempt by its outcome (``delivered``, ``failed``, ...)."""
-    _add([(_field("claude_webhook_deliveries_total", outcome=_label(outcome)), 1)])
+    _add([(field_name("claude_webhook_deliveries_total", outcome=_label(outcome)), 1)])
 
 
 def cli_started(*, job_id: Any, expected_end: float) -> None:
@@ -293,13 +297,16 @@ class GatewayCollector:
             pipe.hgetall(COUNTERS_KEY)
             pipe.zcount(CLI_RUNNING_KEY, time.time(), "+inf")
             pipe.smembers(REDIS_WORKER_KEYS)
+            pipe.xlen(REQUEST_JOURNAL_KEY)
+            pipe.xrange(REQUEST_JOURNAL_KEY, count=1)
+            pipe.time()
             for name in names:
                 for kind, key in _queue_keys(name):
                     if kind == "list":
                         pipe.llen(key)
                     else:
                         pipe.zcard(key)
-            raw, running, worker_keys, *queue_counts = pipe.execute()
+            raw, running, worker_keys, journal_length, journal_first, now, *queue_counts = pipe.execute()
             # A worker's hash expires with its heartbeat; the set keeps the key until rq cleans it.
             states = _worker_states(sorted(worker_keys))
         except RedisError as exc:
@@ -318,6 +325,15 @@ class GatewayCollector:
             for j, state in enumerate(QUEUE_STATES):
                 size.add_metric([name, state], queue_counts[i * len(QUEUE_STATES) + j])
         yield size
+        oldest = 0.0
+        if journal_first:
+            first_ms = int(journal_first[0][0].split(b"-")[0])
+            oldest = max(0.0, now[0] + now[1] / 1e6 - first_ms / 1000)
+        for name, value in (
+            ("claude_request_journal_pending", journal_length),
+            ("claude_request_journal_oldest_seconds", oldest),
+        ):
+            yield GaugeMetricFamily(name, HELP[name], value=value)
         workers = GaugeMetricFamily("claude_workers", HELP["claude_workers"], labels=["state"])
         for state in sorted({"idle", "busy", *states}):
             workers.add_metric([state], states.get(state, 0))

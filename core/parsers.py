@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from rest_framework import parsers
+from rest_framework import negotiation, parsers
 from rest_framework.exceptions import ParseError
 
 # Far deeper than any real request (metadata has its own, lower METADATA_MAX_DEPTH), far shallower
@@ -59,6 +60,25 @@ def json_depth(value: Any) -> int:
     return json_inspect(value)[0]
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_loads_strict(body: bytes) -> Any:
+    """The API's JSON rules without DRF: UTF-8, no NaN or Infinity, bounded nesting, storable strings.
+
+    Raises ValueError for anything JSONParser would refuse.
+    """
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    depth, storable = json_inspect(data)
+    if depth > JSON_MAX_DEPTH or not storable:
+        raise ValueError("nested too deep or holding unstorable strings")
+    return data
+
+
 class JSONParser(parsers.JSONParser):
     """DRF's strict JSON parser (no NaN or Infinity), refusing bodies nested past JSON_MAX_DEPTH
     and strings that cannot be stored (see json_inspect).
@@ -80,3 +100,16 @@ class JSONParser(parsers.JSONParser):
                 "JSON parse error - strings may not contain NUL characters (\\u0000) or unpaired surrogates."
             )
         return data
+
+
+class JsonNegotiation(negotiation.DefaultContentNegotiation):
+    """A view that renders only JSON answers in JSON without reading the Accept header.
+
+    The API has one representation; a client that asked for another still gets JSON (as it gets JSON
+    errors) rather than a 406. Views with several renderers (the OpenAPI schema) negotiate as usual.
+    """
+
+    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        if len(renderers) == 1 and not format_suffix:
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)

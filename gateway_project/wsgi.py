@@ -1,6 +1,10 @@
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
-application = get_wsgi_application()
+django.setup(set_prefix=False)
+
+from core.handlers import GatewayWSGIHandler  # noqa: E402
+
+application = GatewayWSGIHandler()

@@ -49,24 +49,33 @@ post_save.connect(api_keys_changed, sender=ApiKey, dispatch_uid="auth-api-key-sa
 post_delete.connect(api_keys_changed, sender=ApiKey, dispatch_uid="auth-api-key-deleted")
 
 
-def _api_key_by_hash(digest: str) -> ApiKey | None:
+def _api_key_by_hash(digest: str, *, deferred_check: bool = False) -> tuple[ApiKey | None, bytes | None]:
+    """The key with this hash and the keys version it is known good for.
+
+    With ``deferred_check`` a key this process holds is returned without reading the version: the
+    caller must check it against KEYS_VERSION_KEY before acting on the key (the cache-hit path does
+    so in the same Redis script that answers, queries/journal.py).
+    """
     ttl = settings.API_KEY_CACHE_SECONDS
     if ttl <= 0:
-        return ApiKey.objects.filter(key_hash=digest).first()
-    try:
-        version = redis_client().get(KEYS_VERSION_KEY)
-    except RedisError:
-        return ApiKey.objects.filter(key_hash=digest).first()
+        return ApiKey.objects.filter(key_hash=digest).first(), None
     now = time.monotonic()
     held = _cached_keys.get(digest)
+    if deferred_check and held is not None and held[0] > now:
+        return held[2], held[1]
+    try:
+        # b"0" until the first change: the cache-hit script compares versions as strings.
+        version = redis_client().get(KEYS_VERSION_KEY) or b"0"
+    except RedisError:
+        return ApiKey.objects.filter(key_hash=digest).first(), None
     if held is not None and held[0] > now and held[1] == version:
-        return held[2]
+        return held[2], version
     api_key = ApiKey.objects.filter(key_hash=digest).first()
     if api_key is not None:
         if len(_cached_keys) >= _CACHED_KEYS_MAX:
             _cached_keys.clear()
         _cached_keys[digest] = (now + ttl, version, api_key)
-    return api_key
+    return api_key, version
 
 
 def presented_key(request: Request) -> str | None:
@@ -82,19 +91,29 @@ def presented_key(request: Request) -> str | None:
 
 def api_key_lookup(key: str) -> ApiKey | None:
     """The active, unexpired key whose hash matches, compared in constant time."""
+    return api_key_lookup_deferred(key, deferred_check=False)[0]
+
+
+def api_key_lookup_deferred(key: str, *, deferred_check: bool = True) -> tuple[ApiKey | None, bytes | None]:
+    """api_key_lookup, and the keys version the caller must find unchanged (see _api_key_by_hash)."""
     if len(key) > KEY_MAX_CHARS:
-        return None
+        return None, None
     digest = ApiKey.hash_key(key)
-    api_key = _api_key_by_hash(digest)
+    api_key, version = _api_key_by_hash(digest, deferred_check=deferred_check)
     if api_key is None or not hmac.compare_digest(api_key.key_hash, digest):
-        return None
+        return None, None
     if not api_key.is_active or api_key.is_expired:
-        return None
+        return None, None
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
-    return api_key
+    return api_key, version
+
+
+def api_keys_forget() -> None:
+    """Drop the keys this process holds (the cache-hit path found the keys version moved on)."""
+    _cached_keys.clear()
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

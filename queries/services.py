@@ -24,8 +24,9 @@ from typing import Any
 import django_rq
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import DatabaseError, IntegrityError
 from django.db.models import Exists, OuterRef
+from django.db.models.signals import post_delete
 from django.utils import timezone
 from redis import Redis
 from redis.exceptions import RedisError
@@ -35,7 +36,7 @@ from rq.job import Job as RqJob
 from core import logs, metrics
 from core.errors import GatewayError, Overloaded
 from core.redis import redis_client
-from queries import pool, quotas, runner
+from queries import journal, pool, quotas, runner
 from queries.auth import api_keys_changed, cache_scope
 from queries.models import PRIORITY_QUEUES, ApiKey, Job, Priority, QueryRequest
 from routing.services import McpUnavailable, Route, route_for_job, route_query
@@ -43,7 +44,7 @@ from webhooks import services as webhook_services
 
 logger = logging.getLogger(__name__)
 
-CACHE_KEY = "claude:{}"
+CACHE_KEY = journal.CACHE_KEY
 DEDUP_KEY = "dedup:{}"
 
 # How long a submitter that lost the dedup race waits for the winner's Job row to appear. The winner
@@ -123,6 +124,18 @@ def cache_put(*, job: Job, ttl: int | None = None, redis: Redis | None = None) -
     return True
 
 
+def _job_deleted(*, instance: Job, **kwargs: object) -> None:
+    """Drop a deleted job's cached answer: requests it answered could not point to the job."""
+    try:
+        journal.cache_entry_purge(query_hash=instance.hash, job_id=str(instance.id))
+    except RedisError:
+        # The recorder drops the entry when it meets a request answered from it.
+        logger.warning("could not drop the cache entry of deleted job %s", instance.id, exc_info=True)
+
+
+post_delete.connect(_job_deleted, sender=Job, dispatch_uid="services-job-deleted")
+
+
 def dedup_release(*, query_hash: str, job_id: uuid.UUID | str, redis: Redis | None = None) -> None:
     """Clear the in-flight mark for a hash if it still names ``job_id``."""
     try:
@@ -138,16 +151,92 @@ def dedup_release(*, query_hash: str, job_id: uuid.UUID | str, redis: Redis | No
 
 @dataclass(frozen=True)
 class Submission:
-    """What a submission led to: its request row, the job it belongs to, and a cached result if any."""
+    """What a submission led to: its request's id and outcome, its job, and a cached result if any.
 
-    request: QueryRequest
+    ``request`` is the QueryRequest row when it was written in the request (not for a journaled hit).
+    """
+
+    request_id: uuid.UUID
+    outcome: str
     job_id: uuid.UUID
     job_state: str
     result: dict[str, Any] | None = None
+    request: QueryRequest | None = None
 
-    @property
-    def outcome(self) -> str:
-        return self.request.outcome
+    @classmethod
+    def of(cls, request: QueryRequest, *, job_state: str, result: dict[str, Any] | None = None) -> Submission:
+        return cls(
+            request_id=request.id,
+            outcome=request.outcome,
+            job_id=request.job_id,
+            job_state=job_state,
+            result=result,
+            request=request,
+        )
+
+
+def _query_route_and_hash(*, api_key: ApiKey | None, query: str, model: str | None) -> tuple[str, Route, str]:
+    normalized = normalize_query(query)
+    route = route_query(query=query)
+    digest = query_hash(
+        normalized=normalized,
+        model=model,
+        servers=route.server_names,
+        scope=cache_scope(api_key=api_key),
+    )
+    return normalized, route, digest
+
+
+def _request_fields(
+    *,
+    api_key: ApiKey | None,
+    query: str,
+    digest: str,
+    priority: str,
+    model: str | None,
+    webhook_url: str = "",
+    metadata: dict[str, Any] | None = None,
+    no_cache: bool = False,
+) -> dict[str, Any]:
+    return {
+        "api_key": api_key,
+        "query": query,
+        "hash": digest,
+        "priority": priority,
+        "model": model or "",
+        "webhook_url": webhook_url,
+        "metadata": metadata,
+        "no_cache": no_cache,
+        # The HTTP request's log requestId, so the id a client gets back is the one in the logs.
+        "id": logs.request_id_claim(),
+    }
+
+
+def query_cache_answer(
+    *,
+    api_key: ApiKey | None,
+    query: str,
+    priority: str = Priority.NORMAL,
+    model: str | None = None,
+    keys_version: bytes | None = None,
+) -> Submission | None:
+    """The cache's answer, journaled and counted, or None with nothing recorded (then use query_submit).
+
+    What query_submit does first for a query with no webhook, metadata or noCache, on its own: the
+    API answers a cache hit with it before any of the full request handling (queries/hits.py).
+    Raises KeyNotPermitted as query_submit does, and journal.KeysChanged when ``keys_version`` (the API
+    keys version ``api_key`` was read at, queries.auth) is no longer current.
+    """
+    if not (settings.CACHE_ENABLED and settings.CACHE_HIT_JOURNAL):
+        return None
+    quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
+    _, route, digest = _query_route_and_hash(api_key=api_key, query=query, model=model)
+    if not route.cacheable:
+        return None
+    fields = _request_fields(api_key=api_key, query=query, digest=digest, priority=priority, model=model)
+    return _submit_from_cache_journaled(
+        query_hash=digest, redis=redis_client(), request_fields=fields, keys_version=keys_version
+    )
 
 
 def query_submit(
@@ -166,27 +255,18 @@ def query_submit(
     in-flight mark is claimed with SET NX before the Job row exists.
     """
     quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
-    normalized = normalize_query(query)
-    route = route_query(query=query)
-    digest = query_hash(
-        normalized=normalized,
-        model=model,
-        servers=route.server_names,
-        scope=cache_scope(api_key=api_key),
-    )
+    normalized, route, digest = _query_route_and_hash(api_key=api_key, query=query, model=model)
     redis = redis_client()
-    request_fields = {
-        "api_key": api_key,
-        "query": query,
-        "hash": digest,
-        "priority": priority,
-        "model": model or "",
-        "webhook_url": webhook_url,
-        "metadata": metadata,
-        "no_cache": no_cache,
-        # The HTTP request's log requestId, so the id a client gets back is the one in the logs.
-        "id": logs.request_id_claim(),
-    }
+    request_fields = _request_fields(
+        api_key=api_key,
+        query=query,
+        digest=digest,
+        priority=priority,
+        model=model,
+        webhook_url=webhook_url,
+        metadata=metadata,
+        no_cache=no_cache,
+    )
     # An intent whose rule says "never cache" (cache_ttl 0) has answers that go stale: no lookup either.
     lookup = settings.CACHE_ENABLED and not no_cache and route.cacheable
 
@@ -238,6 +318,8 @@ def query_submit(
 
 
 def _submit_from_cache(*, query_hash: str, redis: Redis, request_fields: dict[str, Any]) -> Submission | None:
+    if settings.CACHE_HIT_JOURNAL and not request_fields["webhook_url"]:
+        return _submit_from_cache_journaled(query_hash=query_hash, redis=redis, request_fields=request_fields)
     entry = cache_get(query_hash=query_hash, redis=redis)
     if entry is None:
         return None
@@ -251,7 +333,45 @@ def _submit_from_cache(*, query_hash: str, redis: Redis, request_fields: dict[st
         logger.warning("cache entry for %s names a missing job; ignoring it", query_hash)
         return None
     request_recorded(request=request)
-    return Submission(request=request, job_id=job_id, job_state=Job.State.COMPLETED, result=entry["result"])
+    return Submission.of(request, job_state=Job.State.COMPLETED, result=entry["result"])
+
+
+def _submit_from_cache_journaled(
+    *, query_hash: str, redis: Redis, request_fields: dict[str, Any], keys_version: bytes | None = None
+) -> Submission | None:
+    """A cache hit answered, journaled and counted in one Redis round trip (queries/journal.py).
+
+    Raises journal.KeysChanged when ``keys_version`` is given and no longer current.
+    """
+    api_key = request_fields["api_key"]
+    record = journal.JournalRecord(
+        id=request_fields["id"],
+        api_key_id=api_key.pk if api_key is not None else None,
+        query=request_fields["query"],
+        hash=request_fields["hash"],
+        priority=request_fields["priority"],
+        model=request_fields["model"],
+        metadata=request_fields["metadata"],
+        no_cache=request_fields["no_cache"],
+        created_at=timezone.now(),
+    )
+    try:
+        raw = journal.journal_cache_hit(
+            cache_key=CACHE_KEY.format(query_hash), record=record, redis=redis, keys_version=keys_version
+        )
+    except RedisError:
+        logger.warning("cache lookup failed; treating as a miss", exc_info=True)
+        return None
+    if raw is None:
+        return None
+    entry = json.loads(raw)
+    return Submission(
+        request_id=record.id,
+        outcome=QueryRequest.Outcome.CACHED,
+        job_id=uuid.UUID(entry["jobId"]),
+        job_state=Job.State.COMPLETED,
+        result=entry["result"],
+    )
 
 
 def _submit_join(*, query_hash: str, redis: Redis, request_fields: dict[str, Any]) -> Submission | None:
@@ -273,7 +393,7 @@ def _submit_join(*, query_hash: str, redis: Redis, request_fields: dict[str, Any
         job=job, outcome=QueryRequest.Outcome.DEDUPLICATED, **request_fields
     )
     request_recorded(request=request)
-    return Submission(request=request, job_id=job.id, job_state=job.state)
+    return Submission.of(request, job_state=job.state)
 
 
 def _wait_for_job(job_id: str) -> Job | None:
@@ -325,7 +445,7 @@ def _submit_new_job(
         raise Overloaded(
             "The queue is unavailable; try again shortly.", details={"jobId": str(job.id)}
         ) from exc
-    return Submission(request=request, job_id=job.id, job_state=job.state)
+    return Submission.of(request, job_state=job.state)
 
 
 _queues: dict[str, Any] = {}
@@ -886,7 +1006,17 @@ def job_get_for_caller(*, job_id: uuid.UUID, api_key: ApiKey | None) -> Job | No
     """The job if one of the caller's own requests points to it (anonymous callers: anonymous requests)."""
     own = QueryRequest.objects.filter(job_id=OuterRef("pk"))
     own = own.filter(api_key=api_key) if api_key is not None else own.filter(api_key__isnull=True)
-    return Job.objects.filter(id=job_id).filter(Exists(own)).first()
+    job = Job.objects.filter(id=job_id).filter(Exists(own)).first()
+    if job is None and settings.CACHE_HIT_JOURNAL:
+        # The caller may have received this job's answer from the cache a moment ago, its request
+        # still in the journal (with CACHE_SCOPE=global; with key scope its own request made the job).
+        try:
+            journal.journal_drain()
+        except (RedisError, DatabaseError):
+            logger.warning("could not write journaled requests", exc_info=True)
+            return None
+        job = Job.objects.filter(id=job_id).filter(Exists(own)).first()
+    return job
 
 
 # --- API keys --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from django.db import close_old_connections, connections
 from rq import SimpleWorker, Worker
 from rq.worker import WorkerStatus
 
-from queries import services
+from queries import journal, services
 from queries.pool import CliPoolWorkerMixin
 from webhooks import services as webhook_services
 
@@ -23,7 +23,7 @@ class GatewayWorker(CliPoolWorkerMixin, Worker):
 
     Without this the Job row would stay ``running`` with its dedup mark held until it expired.
     It also runs the webhook sweeper every WEBHOOK_SWEEP_INTERVAL, so deliveries whose rq jobs were
-    lost (a Redis flush, no rq scheduler) still go out.
+    lost (a Redis flush, no rq scheduler) still go out, and writes journaled cache hits to the database.
     """
 
     @property
@@ -45,6 +45,11 @@ class GatewayWorker(CliPoolWorkerMixin, Worker):
             webhook_services.webhook_sweep_if_due()
         except Exception:
             logger.exception("the webhook sweep failed; the next one retries")
+        try:
+            # Web processes record cache hits as they come; this covers the time none is running.
+            journal.journal_drain()
+        except Exception:
+            logger.exception("could not write journaled requests; the next sweep retries")
         finally:
             connections.close_all()
         self._fail_orphaned_jobs()

@@ -77,23 +77,44 @@ class Route:
 
 @dataclass(frozen=True)
 class _Rule:
-    regex: Any
+    pattern: str
     route: Route
+    regex: Any = field(compare=False)
+
+
+# Routes of recent queries, per set of rules loaded: a repeated query (a cache hit) skips the patterns.
+_ROUTES_REMEMBERED = 4096
+_ROUTE_QUERY_MAX_CHARS = 2000
 
 
 class _RuleCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[_Rule] = []
+        self._routes: dict[str, Route] = {}
         self._loaded_at = float("-inf")
 
     def rules(self) -> list[_Rule]:
         if time.monotonic() - self._loaded_at >= settings.ROUTING_REFRESH_SECONDS:
             with self._lock:
                 if time.monotonic() - self._loaded_at >= settings.ROUTING_REFRESH_SECONDS:
-                    self._rules = _load_rules()
+                    rules = _load_rules()
+                    if rules != self._rules:
+                        self._rules, self._routes = rules, {}
                     self._loaded_at = time.monotonic()
         return self._rules
+
+    def route(self, query: str) -> Route:
+        rules = self.rules()
+        routes = self._routes
+        route = routes.get(query)
+        if route is None:
+            route = next((rule.route for rule in rules if rule.regex.search(query)), Route())
+            if len(query) <= _ROUTE_QUERY_MAX_CHARS and rules is self._rules:
+                if len(routes) >= _ROUTES_REMEMBERED:
+                    routes.clear()
+                routes[query] = route
+        return route
 
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")
@@ -115,7 +136,7 @@ def _load_rules() -> list[_Rule]:
             cache_ttl=rule.cache_ttl,
             workdir=next((s.workdir for s in servers if s.workdir), None),
         )
-        rules.append(_Rule(regex=regex, route=route))
+        rules.append(_Rule(pattern=rule.pattern, route=route, regex=regex))
     return rules
 
 
@@ -140,10 +161,7 @@ def route_query(*, query: str) -> Route:
     """The first enabled rule (by order) whose pattern matches; ``general`` with no server otherwise."""
     if not settings.MCP_ENABLED:
         return Route()
-    for rule in _cache.rules():
-        if rule.regex.search(query):
-            return rule.route
-    return Route()
+    return _cache.route(query)
 
 
 def route_for_job(*, intent: str, server_names: list[str]) -> Route:

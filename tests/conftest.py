@@ -115,6 +115,8 @@ def process_environment(mock: MockAnthropic, home: Path, workdir: Path, **extra:
         "CLAUDE_BIN": real_claude_bin(),
         "CLAUDE_WORKDIR": str(workdir),
         "PYTHONUNBUFFERED": "1",
+        # Gateway processes record journaled cache hits themselves, as in production.
+        "GATEWAY_TEST_JOURNAL_RECORDER": "true",
         # The MCP servers the routes start are found on PATH, as scripts/serve arranges.
         "PATH": os.pathsep.join(
             [

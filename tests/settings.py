@@ -21,3 +21,7 @@ STORAGES = {
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
+# The test process writes journaled cache hits itself (queries.journal.journal_drain): a recorder thread
+# would use a connection of its own, outside the test's transaction. Gateway processes that tests start
+# (gunicorn, workers) run their recorders, as in production.
+JOURNAL_RECORDER = os.environ.get("GATEWAY_TEST_JOURNAL_RECORDER") == "true"

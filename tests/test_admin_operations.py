@@ -87,7 +87,7 @@ def test_cancelling_a_queued_job_settles_it_removes_it_from_its_queue_and_releas
     assert job.error_message == "not needed" and job.progress == 100 and job.finished_at is not None
     assert queue_length() == 0
     assert redis.get(f"dedup:{plain_hash()}") is None
-    delivery = WebhookDelivery.objects.get(request_id=submission.request.id)
+    delivery = WebhookDelivery.objects.get(request_id=submission.request_id)
     body = json.loads(delivery.body)
     assert delivery.event == "query.failed"
     assert body["data"]["state"] == "cancelled" and body["data"]["error"]["type"] == "cancelled"

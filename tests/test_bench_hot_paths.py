@@ -15,8 +15,8 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from core.redis import redis_client
-from queries import auth, services
-from queries.models import ApiKey, Job
+from queries import auth, journal, services
+from queries.models import ApiKey, Job, QueryRequest
 from tests.conftest import run_queued_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,12 +41,22 @@ def answered(client, fake_claude, settings):
     return client
 
 
-def test_a_cache_hit_costs_one_database_round_trip(answered):
+def test_a_cache_hit_costs_no_database_round_trip(answered):
     with CaptureQueriesContext(connection) as ctx:
         response = post(answered, "what is 2+2?")
     assert response.status_code == 200 and response.json()["cached"] is True
-    # The request is recorded (the one write); the key comes from the process's cache, and there is
-    # no connection health check.
+    # The request is journaled in Redis with the lookup; the key comes from the process's cache, and
+    # there is no connection health check.
+    assert sql_of(ctx) == []
+    assert journal.journal_drain() == 1
+    assert QueryRequest.objects.get(id=response.json()["requestId"]).outcome == "cached"
+
+
+def test_a_cache_hit_written_in_the_request_costs_one_round_trip(answered, settings):
+    settings.CACHE_HIT_JOURNAL = False
+    with CaptureQueriesContext(connection) as ctx:
+        response = post(answered, "what is 2+2?")
+    assert response.status_code == 200 and response.json()["cached"] is True
     assert sql_of(ctx) == ['INSERT INTO "queries_queryrequest"']
 
 

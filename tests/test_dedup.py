@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 from core.redis import redis_client
-from queries import services
+from queries import journal, services
 from queries.models import Job, QueryRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,7 +33,7 @@ def test_fifty_concurrent_identical_submissions_make_one_job():
     job = Job.objects.get()
     assert {r.job_id for r in results} == {job.id}
     assert QueryRequest.objects.count() == 50
-    assert len({r.request.id for r in results}) == 50
+    assert len({r.request_id for r in results}) == 50
     outcomes = sorted(r.outcome for r in results)
     assert outcomes.count("queued") == 1 and outcomes.count("deduplicated") == 49
     assert redis_client().get(f"dedup:{job.hash}").decode() == str(job.id)
@@ -101,7 +101,9 @@ def test_release_only_clears_the_mark_of_the_same_job():
     assert redis_client().get("dedup:h") is None
 
 
-def test_cache_hit_is_recorded_and_answers_with_the_producing_job():
+@pytest.mark.parametrize("journaled", [True, False])
+def test_cache_hit_is_recorded_and_answers_with_the_producing_job(settings, journaled):
+    settings.CACHE_HIT_JOURNAL = journaled
     job = Job.objects.create(
         hash="0" * 64, query="q", normalized_query="q", state=Job.State.COMPLETED, response="A"
     )
@@ -112,7 +114,11 @@ def test_cache_hit_is_recorded_and_answers_with_the_producing_job():
     submission = services.query_submit(api_key=None, query="  Q ")
     assert submission.outcome == "cached" and submission.job_id == job.id
     assert submission.result["response"] == "A"
-    assert QueryRequest.objects.get().outcome == "cached"
+    # Journaled, the row is written by a recorder (here, the drain) rather than in the request.
+    assert QueryRequest.objects.count() == (0 if journaled else 1)
+    assert journal.journal_drain() == (1 if journaled else 0)
+    recorded = QueryRequest.objects.get()
+    assert (recorded.id, recorded.outcome, recorded.job_id) == (submission.request_id, "cached", job.id)
     assert Job.objects.count() == 1
 
 
@@ -137,9 +143,33 @@ def test_cache_disabled_skips_the_lookup(settings):
     assert services.query_submit(api_key=None, query="q").outcome == "queued"
 
 
-def test_a_cache_entry_naming_a_deleted_job_is_ignored():
+def test_a_cache_entry_naming_a_missing_job_is_ignored_when_written_in_the_request(settings):
+    settings.CACHE_HIT_JOURNAL = False
     digest = services.query_hash(normalized="q", model=None, servers=[])
     redis_client().set(f"claude:{digest}", '{"jobId": "5f0c7d5e-0000-4000-8000-000000000000", "result": {}}')
+    assert services.query_submit(api_key=None, query="q").outcome == "queued"
+
+
+def test_a_cache_entry_naming_a_missing_job_is_dropped_by_the_recorder():
+    """A job removed behind Django's back (raw SQL, a restored database): its entry serves until recorded."""
+    digest = services.query_hash(normalized="q", model=None, servers=[])
+    redis_client().set(f"claude:{digest}", '{"jobId": "5f0c7d5e-0000-4000-8000-000000000000", "result": {}}')
+    assert services.query_submit(api_key=None, query="q").outcome == "cached"
+    assert journal.journal_drain() == 1
+    assert QueryRequest.objects.count() == 0
+    assert redis_client().get(f"claude:{digest}") is None
+    assert services.query_submit(api_key=None, query="q").outcome == "queued"
+
+
+def test_deleting_a_job_drops_its_cache_entry():
+    job = Job.objects.create(
+        hash="x", query="q", normalized_query="q", state=Job.State.COMPLETED, response="A"
+    )
+    job.hash = services.query_hash(normalized="q", model=None, servers=[])
+    job.save()
+    services.cache_put(job=job)
+    job.delete()
+    assert services.cache_get(query_hash=job.hash) is None
     assert services.query_submit(api_key=None, query="q").outcome == "queued"
 
 
@@ -165,17 +195,17 @@ def test_an_answer_cached_between_lookup_and_claim_is_served_without_a_new_job(m
     )
     done.hash = services.query_hash(normalized="q", model=None, servers=[])
     done.save()
-    real_cache_get = services.cache_get
+    real_lookup = services._submit_from_cache
     lookups = []
 
-    def cache_get_racing(**kwargs):
+    def lookup_racing(**kwargs):
         lookups.append(1)
         if len(lookups) == 1:
             services.cache_put(job=done)  # lands just after the first lookup missed
             return None
-        return real_cache_get(**kwargs)
+        return real_lookup(**kwargs)
 
-    monkeypatch.setattr(services, "cache_get", cache_get_racing)
+    monkeypatch.setattr(services, "_submit_from_cache", lookup_racing)
     submission = services.query_submit(api_key=None, query="q")
     assert submission.outcome == "cached" and submission.job_id == done.id
     assert Job.objects.count() == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,10 +78,16 @@ def test_query_is_answered_by_the_real_cli_then_served_from_cache(http, worker_p
     assert cached["result"] == result and cached["requestId"] != response.json()["requestId"]
     assert len(mock.message_requests()) == 1  # no new CLI run
     assert Job.objects.count() == 1
-    assert list(QueryRequest.objects.order_by("created_at").values_list("outcome", flat=True)) == [
-        "queued",
-        "cached",
-    ]
+    # The cache hit's row comes from the web process's journal recorder, a moment after the reply.
+    wait_for(
+        lambda: (
+            list(QueryRequest.objects.order_by("created_at").values_list("outcome", flat=True))
+            == ["queued", "cached"]
+        ),
+        timeout=10,
+        message="the cache hit's request row",
+    )
+    assert QueryRequest.objects.get(id=cached["requestId"]).job_id == uuid.UUID(job_id)
 
 
 def test_fifty_concurrent_identical_queries_make_one_job_and_one_cli_run(http, worker_process, mock):

@@ -20,6 +20,7 @@ from redis import Redis
 
 from core import metrics, multiprocess
 from core.redis import redis_client
+from queries import journal
 from queries.models import Job, QueryRequest
 from tests.conftest import run_queued_jobs
 
@@ -72,6 +73,7 @@ def test_every_outcome_is_counted_once_and_matches_the_database(client, real_cla
     assert joined.json()["deduplicated"] is True and joined.json()["jobId"] == first.json()["jobId"]
     assert post(client, {"query": "What is 2+2?", "noCache": True}).status_code == 202  # no lookup
     assert run_queued_jobs() == 3
+    assert journal.journal_drain() == 1  # the cache hit's row
 
     samples = scrape()
     assert value(samples, "claude_jobs_completed_total") == 3

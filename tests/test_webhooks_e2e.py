@@ -17,7 +17,7 @@ WORKER_ENV = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_SECRET": SECRET}
 
 
 def delivery_of(submission: query_services.Submission) -> WebhookDelivery | None:
-    return WebhookDelivery.objects.filter(request_id=submission.request.id).first()
+    return WebhookDelivery.objects.filter(request_id=submission.request_id).first()
 
 
 def test_a_worker_pool_makes_the_retries_on_rqs_scheduler(worker_process):

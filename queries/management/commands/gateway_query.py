@@ -56,7 +56,7 @@ class Command(BaseCommand):
             )
         except GatewayError as exc:
             raise CommandError(f"The gateway refused the query: {exc.message}") from exc
-        self.stderr.write(f"request {submission.request.id}: {submission.outcome}, job {submission.job_id}")
+        self.stderr.write(f"request {submission.request_id}: {submission.outcome}, job {submission.job_id}")
         if submission.result is not None:
             self.stdout.write(submission.result["response"])
             return

@@ -9,6 +9,7 @@ from types import FrameType
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
+from queries.journal import journal_drain
 from queries.services import job_reconcile_stale, jobs_requeue_lost
 from webhooks.services import webhook_deliveries_sweep
 
@@ -16,9 +17,10 @@ from webhooks.services import webhook_deliveries_sweep
 class Command(BaseCommand):
     help = (
         "Settle running jobs whose worker is gone (worker_lost; --retry-lost also retries them), queue "
-        "again queued jobs missing from Redis, and re-queue webhook deliveries that are due (whatever "
-        "happened to their rq jobs) and create deliveries that a crash kept from existing. One pass by "
-        "default; --loop repeats it. Workers run the webhook sweep every WEBHOOK_SWEEP_INTERVAL seconds."
+        "again queued jobs missing from Redis, re-queue webhook deliveries that are due (whatever "
+        "happened to their rq jobs) and create deliveries that a crash kept from existing, and write "
+        "journaled cache hits to the database. One pass by default; --loop repeats it. Workers run the "
+        "webhook sweep every WEBHOOK_SWEEP_INTERVAL seconds."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -72,4 +74,6 @@ class Command(BaseCommand):
             self.stdout.write(f"job {job.id}: queued but missing from its rq queue; queued again")
         count = webhook_deliveries_sweep()
         self.stdout.write(f"webhook deliveries queued, created or closed: {count}")
-        return count > 0 or bool(lost) or bool(requeued)
+        recorded = journal_drain()
+        self.stdout.write(f"journaled cache hits written to the database: {recorded}")
+        return count > 0 or bool(lost) or bool(requeued) or recorded > 0

@@ -1,0 +1,70 @@
+"""The WSGI entry point: one Django handler per kind of traffic, each with only the middleware it needs.
+
+The API (``/api/``, ``/v1/``) and the probes (``/health``, ``/ready``, ``/metrics``) authenticate with
+keys or not at all: sessions, CSRF, user authentication, messages, clickjacking headers and static
+files do nothing for them but cost time on every request, and a cache hit is a few hundred
+microseconds of work in all. Those requests go through ``API_MIDDLEWARE`` (``MIDDLEWARE`` without
+``BROWSER_MIDDLEWARE``, in the same order); everything else, the admin above all, through the whole
+``MIDDLEWARE``. Django's test client uses the whole chain, which holds the API chain's middleware
+in the same order, so the API behaves the same either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
+from django.utils.module_loading import import_string
+
+
+class _Handler(WSGIHandler):
+    """A WSGIHandler built from the given middleware list instead of settings.MIDDLEWARE."""
+
+    def __init__(self, middleware: list[str]):
+        self._middleware_setting = middleware
+        super().__init__()
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        # BaseHandler.load_middleware reads settings.MIDDLEWARE; this runs once, at start-up.
+        full = settings.MIDDLEWARE
+        settings.MIDDLEWARE = self._middleware_setting
+        try:
+            super().load_middleware(is_async)
+        finally:
+            settings.MIDDLEWARE = full
+
+
+class GatewayWSGIHandler:
+    """Routes each request to its handler; a path in FAST_PATHS may be answered before either runs.
+
+    A fast path takes the WSGI environ and returns ``(request, response)``, or None to let the request
+    go on unchanged (queries/hits.py answers cache hits this way).
+    """
+
+    def __init__(self) -> None:
+        self.site = WSGIHandler()
+        self.api = _Handler(api_middleware())
+        self.api_prefixes = tuple(settings.API_PATH_PREFIXES)
+        self.fast_paths = {
+            (method, path): import_string(function)
+            for (method, path), function in settings.FAST_PATHS.items()
+        }
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        fast = self.fast_paths.get((environ.get("REQUEST_METHOD"), path))
+        if fast is not None:
+            answered = fast(environ)
+            if answered is not None:
+                response = answered[1]
+                start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+                return [response.content]
+        if path.startswith(self.api_prefixes):
+            return self.api(environ, start_response)
+        return self.site(environ, start_response)
+
+
+def api_middleware() -> list[str]:
+    return [path for path in settings.MIDDLEWARE if path not in settings.BROWSER_MIDDLEWARE]

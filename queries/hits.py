@@ -1,0 +1,164 @@
+"""Cache hits answered ahead of Django's request handling: the API's hot path.
+
+A cache hit is one Redis round trip of real work (queries/journal.py), yet through Django's handler,
+its middleware, DRF and a serializer it cost four times what a bare Django view reading the same key
+costs. ``core.handlers`` hands every ``POST /api/query`` to ``cache_hit_response`` first. It answers
+only a plain request that hits the cache:
+
+- the URL, headers and body within the limits the middleware enforces, a JSON body, an allowed host
+  and, with SECURE_SSL_REDIRECT, HTTPS;
+- a valid API key without a rate limit (a rate limit's slot is taken by the full path);
+- only ``query`` with, optionally, ``priority``, ``model`` and ``noCache: false``, valid by the API's
+  own rules (queries.api's query_problem and model_problem);
+- and a cache entry (queries.services.query_cache_answer, which records and counts the hit).
+
+For such a request the reply is what the full path would send: the same body, status and headers
+(SecurityMiddleware's among them), the same requestId in ``X-Request-ID`` and in the access line, the
+same HTTP metrics. Anything else (a miss, an error of any kind, a webhook, a refusal to make) returns
+None with nothing recorded, and the request goes through Django as if this did not exist, with its
+body intact: the full path produces the 400, 401, 403, 413, 429 or the new job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.wsgi import WSGIRequest
+from django.http import HttpResponse
+from django.middleware.security import SecurityMiddleware
+
+from core import logs
+from core.limits import request_limits_refusal
+from core.middleware import HttpMetricsMiddleware
+from core.parsers import json_loads_strict
+from queries import api, auth, journal, services
+from queries.models import Priority
+
+logger = logging.getLogger(__name__)
+
+VIEW_NAME = "query-create"
+_FIELDS = frozenset(("query", "priority", "model", "noCache"))
+_PRIORITIES = frozenset(Priority.values)
+_JSON_TYPES = frozenset(
+    ("application/json", "application/json; charset=utf-8", "application/json;charset=utf-8")
+)
+
+
+class _Parts:
+    """Middleware pieces the reply shares with the full path, made once per process."""
+
+    def __init__(self) -> None:
+        self.security = SecurityMiddleware(lambda request: HttpResponse())
+        self.metrics = HttpMetricsMiddleware(lambda request: HttpResponse())
+
+
+_parts: _Parts | None = None
+
+
+def _plain_body(request: WSGIRequest) -> dict[str, Any] | None:
+    """The parsed body if the request is one this path may answer, else None."""
+    meta = request.META
+    if meta.get("QUERY_STRING") or "HTTP_TRANSFER_ENCODING" in meta:
+        return None
+    if meta.get("CONTENT_TYPE", "").lower() not in _JSON_TYPES:
+        return None
+    length = meta.get("CONTENT_LENGTH", "")
+    if not length.isdigit() or not 0 < int(length) <= settings.REQUEST_MAX_BYTES:
+        return None
+    if request_limits_refusal(request) is not None:
+        return None
+    try:
+        request.get_host()
+        data = json_loads_strict(request.body)
+    except (DisallowedHost, ValueError):
+        return None
+    if not isinstance(data, dict) or not set(data) <= _FIELDS:
+        return None
+    query, model = data.get("query"), data.get("model")
+    if not isinstance(query, str) or api.query_problem(query):
+        return None
+    if data.get("priority", Priority.NORMAL) not in _PRIORITIES or data.get("noCache", False) is not False:
+        return None
+    if model is not None and (
+        not isinstance(model, str) or len(model) > api.MODEL_MAX_CHARS or api.model_problem(model)
+    ):
+        return None
+    return data
+
+
+def _answer(request: WSGIRequest, request_id: Any) -> HttpResponse | None:
+    if settings.SECURE_SSL_REDIRECT and not request.is_secure():
+        return None
+    data = _plain_body(request)
+    if data is None:
+        return None
+    try:
+        key = auth.presented_key(request)
+    except Exception:  # a malformed Authorization header: the full path explains it
+        return None
+    if key is None:
+        return None
+    # The key as this process holds it; the answering script checks it is still current.
+    api_key, keys_version = auth.api_key_lookup_deferred(key)
+    if api_key is None or api_key.rate_limit_per_minute is not None:
+        return None
+    try:
+        submission = services.query_cache_answer(
+            api_key=api_key,
+            query=data["query"],
+            priority=data.get("priority", Priority.NORMAL),
+            model=data.get("model"),
+            keys_version=keys_version,
+        )
+    except journal.KeysChanged:
+        auth.api_keys_forget()
+        return None
+    if submission is None:
+        return None
+    logs.bind(job_id=submission.job_id)
+    body = {
+        "requestId": str(submission.request_id),
+        "jobId": str(submission.job_id),
+        "status": "completed",
+        "cached": True,
+        "result": submission.result,
+    }
+    # As DRF's JSONRenderer writes it: compact, UTF-8, with U+2028 and U+2029 escaped.
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    content = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
+    response = HttpResponse(content, content_type="application/json", status=200)
+    response["Allow"] = "POST, OPTIONS"
+    response["Content-Length"] = str(len(content))
+    response["X-Request-ID"] = str(request_id)
+    return response
+
+
+def cache_hit_response(environ: dict[str, Any]) -> tuple[WSGIRequest, HttpResponse] | None:
+    """The reply to a plain cache hit, or None (with ``wsgi.input`` still holding the whole body)."""
+    global _parts
+    if _parts is None:
+        _parts = _Parts()
+    started = time.perf_counter()
+    request = WSGIRequest(environ)
+    with logs.request_scope() as request_id:
+        try:
+            response = _answer(request, request_id)
+        except Exception:
+            # Nothing was recorded (the journal's script is the last step): the full path takes over.
+            logger.debug("the cache-hit path declined after an error", exc_info=True)
+            response = None
+        if response is None:
+            if hasattr(request, "_body"):
+                # The body was read from the socket: hand it on to the full path.
+                environ["wsgi.input"] = io.BytesIO(request._body)
+            return None
+        _parts.security.process_response(request, response)
+        _parts.metrics.record(request, response, started, view=VIEW_NAME)
+        logs.access_line(request, response, started)
+    return request, response

@@ -1,0 +1,374 @@
+"""The request journal: how a cache hit is answered and recorded in one Redis round trip.
+
+A cache hit is the gateway's cheapest answer, and writing its QueryRequest row in the request costed
+more than everything else a hit does (an INSERT and its commit on every request). With
+``CACHE_HIT_JOURNAL`` on (the default), one Lua script reads the cache entry and, only if there is
+one, appends the request's record to the Redis stream ``journal:requests`` and counts the hit: the
+answer, its record and its count are one atomic step. Recorders drain the stream into PostgreSQL in
+batches (``journal_flush``): a thread in every web process, every worker's maintenance, and
+``manage.py reconcile``. A row appears within about JOURNAL_FLUSH_INTERVAL of its reply.
+
+What it costs: for that moment the record lives only in Redis. A Redis that loses its data (a restart
+without persistence) loses the records not yet written, at most a second's worth of cache hits, and
+with them the cache those hits came from. Run Redis with AOF where that matters, or set
+``CACHE_HIT_JOURNAL=false`` to write every row in its request as before. Hits with a webhook, joins
+and new jobs always write their row in the request: a webhook delivery and a job need it at once.
+
+Delivery to the database is at least once and the insert skips ids it already has, so a recorder
+that dies mid-batch loses nothing: its unacknowledged entries are claimed by another recorder after
+JOURNAL_CLAIM_IDLE_MS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from core import metrics
+from core.redis import redis_client
+from queries.auth import KEYS_VERSION_KEY
+from queries.models import ApiKey, Job, QueryRequest
+
+logger = logging.getLogger(__name__)
+
+STREAM_KEY = metrics.REQUEST_JOURNAL_KEY
+GROUP = "recorders"
+BATCH = 500
+# An entry a recorder read but did not acknowledge for this long is taken over by another recorder.
+JOURNAL_CLAIM_IDLE_MS = 30_000
+# Consumers of dead processes are removed from the group once idle this long with nothing pending.
+CONSUMER_FORGET_IDLE_MS = 3_600_000
+
+# KEYS: the cache entry, the journal stream, the metrics hash, the API keys version. ARGV: the request's
+# record (a JSON object, completed here with the entry's jobId), the counter's field ('' when metrics
+# are off), the keys version the caller's key is good for ('' when it was read from the database just
+# now). Returns the cache entry; false on a miss; 0 when the keys changed since (a key was revoked,
+# say): nothing written either way.
+_HIT_SCRIPT = """
+if ARGV[3] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[3] then return 0 end
+local entry = redis.call('GET', KEYS[1])
+if not entry then return false end
+local ok, decoded = pcall(cjson.decode, entry)
+if not ok or type(decoded) ~= 'table' or decoded['result'] == nil then return false end
+local job = decoded['jobId']
+if type(job) ~= 'string' or not string.match(job, '^%x+%-%x+%-%x+%-%x+%-%x+$') then return false end
+redis.call('XADD', KEYS[2], '*', 'r', string.sub(ARGV[1], 1, -2) .. ',"jobId":"' .. job .. '"}')
+if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[2], 1) end
+return entry
+"""
+_scripts: dict[int, Any] = {}
+CACHE_KEY = "claude:{}"
+# KEYS[1] a cache entry; ARGV[1] a job id: delete the entry if it still names that job.
+_PURGE_SCRIPT = """
+local entry = redis.call('GET', KEYS[1])
+if not entry then return 0 end
+local ok, decoded = pcall(cjson.decode, entry)
+if ok and type(decoded) == 'table' and decoded['jobId'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _hit_script(redis: Redis) -> Any:
+    # register_script keeps the SHA: EVALSHA, and EVAL once after a Redis restart forgot the script.
+    script = _scripts.get(id(redis))
+    if script is None:
+        script = _scripts[id(redis)] = redis.register_script(_HIT_SCRIPT)
+    return script
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """What a cache hit's QueryRequest row holds; the job comes from the cache entry."""
+
+    id: uuid.UUID
+    api_key_id: int | None
+    query: str
+    hash: str
+    priority: str
+    model: str
+    metadata: dict[str, Any] | None
+    no_cache: bool
+    created_at: datetime
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "id": str(self.id),
+                "apiKey": self.api_key_id,
+                "query": self.query,
+                "hash": self.hash,
+                "priority": self.priority,
+                "model": self.model,
+                "metadata": self.metadata,
+                "noCache": self.no_cache,
+                "createdAt": self.created_at.isoformat(),
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+
+class KeysChanged(Exception):
+    """The API keys changed since the caller's key was read: look it up again before answering."""
+
+
+def journal_cache_hit(
+    *, cache_key: str, record: JournalRecord, redis: Redis, keys_version: bytes | None = None
+) -> bytes | None:
+    """The raw cache entry under ``cache_key``, with ``record`` journaled and the hit counted; None on a miss.
+
+    ``keys_version``: the API keys version the caller's key is good for (queries.auth), checked in the
+    same step; KeysChanged if it moved on. Raises RedisError: the caller treats that as a miss.
+    """
+    field = metrics.field_name("claude_cache_hits_total") if settings.METRICS_ENABLED else ""
+    entry = _hit_script(redis)(
+        keys=[cache_key, STREAM_KEY, metrics.COUNTERS_KEY, KEYS_VERSION_KEY],
+        args=[record.to_json(), field, keys_version or b""],
+    )
+    if entry == 0:
+        raise KeysChanged
+    _recorder_ensure()
+    return entry
+
+
+# --- recording ---------------------------------------------------------------------------------------
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _group_ensure(redis: Redis) -> None:
+    try:
+        # From the stream's first entry: records written before any recorder existed are kept.
+        redis.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+# PostgreSQL turns the batch's JSON records into rows itself: no model instance, no per-row SQL. Rows
+# whose job is gone are left out (the JOIN), a key that is gone becomes null (the LEFT JOIN), and an
+# entry delivered twice (a recorder died before acknowledging) is one row (ON CONFLICT).
+_INSERT_SQL = """
+INSERT INTO {requests} (id, api_key_id, job_id, query, hash, priority, model, webhook_url, metadata,
+                        no_cache, outcome, created_at)
+SELECT r.id, k.id, r."jobId", r.query, r.hash, r.priority, r.model, '', r.metadata, r."noCache", 'cached',
+       r."createdAt"
+FROM jsonb_to_recordset(%s::jsonb) AS r(id uuid, "apiKey" bigint, "jobId" uuid, query text, hash text,
+                                         priority text, model text, metadata jsonb, "noCache" boolean,
+                                         "createdAt" timestamptz)
+JOIN {jobs} j ON j.id = r."jobId"
+LEFT JOIN {keys} k ON k.id = r."apiKey"
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+def _records(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The readable records and their JSON text (one bad entry must not hold up the batch)."""
+    records, texts = [], []
+    for entry_id, fields in entries:
+        try:
+            text = fields[b"r"]
+            record = json.loads(text)
+            uuid.UUID(record["id"]), uuid.UUID(record["jobId"])
+            datetime.fromisoformat(record["createdAt"])
+        except (KeyError, ValueError, TypeError, AttributeError):
+            logger.error("unreadable journal entry %s; dropped", entry_id)
+            continue
+        records.append(record)
+        texts.append(text)
+    return records, texts
+
+
+def _rows_insert(records: list[dict[str, Any]], texts: list[bytes]) -> int:
+    """Insert what is not there yet: a row whose job is gone is dropped, a vanished key becomes null."""
+    if not records:
+        return 0
+    if connection.vendor == "postgresql":
+        sql = _INSERT_SQL.format(
+            requests=QueryRequest._meta.db_table, jobs=Job._meta.db_table, keys=ApiKey._meta.db_table
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [(b"[" + b",".join(texts) + b"]").decode()])
+            inserted = cursor.rowcount
+    else:
+        inserted = _rows_insert_orm(records)
+    if inserted < len(records):
+        _stale_entries_purge(records)
+    return inserted
+
+
+def _rows_insert_orm(records: list[dict[str, Any]]) -> int:
+    jobs = set(Job.objects.filter(id__in={r["jobId"] for r in records}).values_list("id", flat=True))
+    key_ids = {r["apiKey"] for r in records if r["apiKey"] is not None}
+    keys = set(ApiKey.objects.filter(id__in=key_ids).values_list("id", flat=True)) if key_ids else set()
+    rows = [
+        QueryRequest(
+            id=uuid.UUID(r["id"]),
+            api_key_id=r["apiKey"] if r["apiKey"] in keys else None,
+            job_id=uuid.UUID(r["jobId"]),
+            query=r["query"],
+            hash=r["hash"],
+            priority=r["priority"],
+            model=r["model"],
+            metadata=r["metadata"],
+            no_cache=r["noCache"],
+            outcome=QueryRequest.Outcome.CACHED,
+            created_at=datetime.fromisoformat(r["createdAt"]),
+        )
+        for r in records
+        if uuid.UUID(r["jobId"]) in jobs
+    ]
+    QueryRequest.objects.bulk_create(rows, batch_size=BATCH, ignore_conflicts=True)
+    return len(rows)
+
+
+def _stale_entries_purge(records: list[dict[str, Any]]) -> None:
+    """Some records were not inserted: drop the cache entries of those whose job is gone."""
+    job_ids = {r["jobId"] for r in records}
+    present = {str(job_id) for job_id in Job.objects.filter(id__in=job_ids).values_list("id", flat=True)}
+    for record in records:
+        if record["jobId"] not in present:
+            logger.error(
+                "request %s answered from job %s, which is gone; not recorded", record["id"], record["jobId"]
+            )
+            # The job was removed without its cache entry (deleting a Job through Django drops both).
+            cache_entry_purge(query_hash=record["hash"], job_id=record["jobId"])
+
+
+def cache_entry_purge(*, query_hash: str, job_id: str) -> bool:
+    """Delete the cache entry of ``query_hash`` if it names ``job_id``; True if it did."""
+    return bool(redis_client().eval(_PURGE_SCRIPT, 1, CACHE_KEY.format(query_hash), job_id))
+
+
+def journal_flush(*, consumer: str | None = None, block_ms: int | None = None, count: int = BATCH) -> int:
+    """Write one batch of journaled requests to the database; the number of entries handled.
+
+    Entries another recorder left unacknowledged for JOURNAL_CLAIM_IDLE_MS come first, then new ones
+    (waiting up to ``block_ms`` for some). Entries are acknowledged and deleted only once their rows
+    are committed: a failure leaves them to be claimed again. Raises RedisError and DatabaseError.
+    """
+    redis = redis_client()
+    consumer = consumer or _consumer_name()
+    try:
+        _, entries, *_ = redis.xautoclaim(
+            STREAM_KEY, GROUP, consumer, JOURNAL_CLAIM_IDLE_MS, "0-0", count=count
+        )
+        if not entries:
+            reply = redis.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=count, block=block_ms)
+            entries = reply[0][1] if reply else []
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        # A new or flushed Redis: the group starts over, from the stream's first entry.
+        _group_ensure(redis)
+        reply = redis.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=count)
+        entries = reply[0][1] if reply else []
+    if not entries:
+        return 0
+    ids = [entry_id for entry_id, _ in entries]
+    _rows_insert(*_records(entries))
+    pipe = redis.pipeline(transaction=False)
+    pipe.xack(STREAM_KEY, GROUP, *ids)
+    pipe.xdel(STREAM_KEY, *ids)
+    pipe.execute()
+    return len(ids)
+
+
+def journal_drain(*, consumer: str | None = None) -> int:
+    """Flush until the journal has nothing left to give this consumer (workers, reconcile, tests)."""
+    total = 0
+    while (handled := journal_flush(consumer=consumer)) > 0:
+        total += handled
+    return total
+
+
+def _consumers_forget(redis: Redis) -> None:
+    """Remove consumers of processes that are gone: none pending, idle for an hour."""
+    for consumer in redis.xinfo_consumers(STREAM_KEY, GROUP):
+        if consumer["pending"] == 0 and consumer["idle"] > CONSUMER_FORGET_IDLE_MS:
+            redis.xgroup_delconsumer(STREAM_KEY, GROUP, consumer["name"])
+
+
+# --- the recorder thread --------------------------------------------------------------------------------
+
+
+class _Recorder(threading.Thread):
+    """Drains the journal in this process: a batch, then JOURNAL_FLUSH_INTERVAL for the next to grow."""
+
+    def __init__(self) -> None:
+        super().__init__(name="journal-recorder", daemon=True)
+        self.pid = os.getpid()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        consumer = _consumer_name()
+        interval = settings.JOURNAL_FLUSH_INTERVAL
+        next_cleanup = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                close_old_connections()
+                # Blocks up to `interval` when the journal is empty.
+                handled = journal_flush(consumer=consumer, block_ms=max(1, int(interval * 1000)))
+                if time.monotonic() >= next_cleanup:
+                    next_cleanup = time.monotonic() + 600
+                    _consumers_forget(redis_client())
+            except (RedisError, DatabaseError):
+                logger.warning("could not write journaled requests; retrying", exc_info=True)
+                connection.close()
+                self.stopping.wait(1.0)
+                continue
+            except Exception:
+                logger.exception("the journal recorder failed; retrying")
+                self.stopping.wait(1.0)
+                continue
+            if 0 < handled < BATCH:
+                # Let the next batch grow: one insert per interval, not one per request.
+                self.stopping.wait(interval)
+        connection.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        self.join(timeout)
+
+
+_recorder: _Recorder | None = None
+_recorder_lock = threading.Lock()
+
+
+def _recorder_ensure() -> None:
+    if _recorder is None or _recorder.pid != os.getpid():
+        recorder_start()
+
+
+def recorder_start() -> None:
+    """Start this process's recorder thread (once; again in a forked child)."""
+    global _recorder
+    if not settings.CACHE_HIT_JOURNAL or not settings.JOURNAL_RECORDER:
+        return
+    with _recorder_lock:
+        if _recorder is not None and _recorder.pid == os.getpid() and _recorder.is_alive():
+            return
+        _recorder = _Recorder()
+        _recorder.start()
+
+
+def recorder_stop() -> None:
+    """Stop the recorder after its current batch (a gunicorn worker that exits)."""
+    recorder = _recorder
+    if recorder is not None and recorder.pid == os.getpid():
+        recorder.stop()
