@@ -666,7 +666,7 @@ end
 """
 
 
-def wrk(setup: Setup, url: str, script: str, name: str) -> dict[str, Any]:
+def wrk(setup: Setup, url: str, script: str, name: str, duration: float | None = None) -> dict[str, Any]:
     path = setup.tmp / f"{name}.lua"
     path.write_text(script)
     args = setup.args
@@ -674,7 +674,7 @@ def wrk(setup: Setup, url: str, script: str, name: str) -> dict[str, Any]:
         "wrk",
         f"-t{args.wrk_threads}",
         f"-c{args.wrk_connections}",
-        f"-d{args.wrk_duration}s",
+        f"-d{duration or args.wrk_duration}s",
         "--latency",
         "--timeout",
         "10s",
@@ -687,6 +687,12 @@ def wrk(setup: Setup, url: str, script: str, name: str) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr}")
     return parse_wrk(done.stdout)
+
+
+def wrk_warm_up(setup: Setup, url: str, script: str, name: str) -> None:
+    """A short wrk run first: gunicorn answers /health once one worker is up, and wrk's connections,
+    kept alive for the whole run, would all land on the workers that had finished starting."""
+    wrk(setup, url, script, f"{name}-warm-up", duration=min(2, setup.args.wrk_duration))
 
 
 def _ms(text: str) -> float:
@@ -731,11 +737,13 @@ def cache_hits(setup: Setup, gateway: Gateway, run_id: str) -> tuple[dict, dict]
     body = json.dumps(json.dumps({"query": query}))
     script = WRK_SAME.format(body=body, key=gateway.key)
     recorded = "SELECT count(*) FROM queries_queryrequest WHERE outcome = 'cached'"
+    # Hits are journaled in Redis and written by the web processes' recorders a moment later.
+    journal = redis.Redis.from_url(setup.redis_url)
+    wrk_warm_up(setup, gateway.url, script, "cache-gateway")
+    wait_until(lambda: journal.xlen("journal:requests") == 0, 60, "the request journal to drain")
     before = count_rows(setup, recorded)
     ours = wrk(setup, gateway.url, script, "cache-gateway")
-    # Hits are journaled in Redis and written by the web processes' recorders a moment later.
     started = time.monotonic()
-    journal = redis.Redis.from_url(setup.redis_url)
     wait_until(lambda: journal.xlen("journal:requests") == 0, 60, "the request journal to drain")
     ours["journal_drain_s"] = time.monotonic() - started
     ours["recorded"] = count_rows(setup, recorded) - before
@@ -747,6 +755,7 @@ def cache_hits(setup: Setup, gateway: Gateway, run_id: str) -> tuple[dict, dict]
         check = requests.post(f"{bare_url}/api/query", data=json.loads(body), timeout=5)
         if check.status_code != 200 or json.loads(check.content)["jobId"] != job["jobId"]:
             raise RuntimeError(f"the bare view does not answer the cached entry: {check.status_code}")
+        wrk_warm_up(setup, bare_url, script, "cache-bare")
         bare = wrk(setup, bare_url, script, "cache-bare")
     finally:
         setup.stop(bare_proc)
