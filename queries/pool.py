@@ -23,7 +23,8 @@ waits on its stdin; a prompt written there is answered about 0.1 s later. How it
   answer being waited for. And not while jobs are queued: a warm CLI spends a little more CPU than a
   cold run (about 6%: it idles, and speaks stream-json), and a queued job would take the replacement
   before it had finished starting anyway, so under a backlog jobs start cold and the machine's CPU
-  goes to answers. The pool fills again as soon as the queues are empty.
+  goes to answers. The pool fills again once the queues are empty and the CLIs still answering have
+  finished (or after REFILL_DEFER_MAX), so a burst's last jobs do not share the CPU with start-ups.
 - A CLI takes one prompt and is never reused: each query gets a fresh process, as with a cold start.
   A CLI that died, or is older than CLAUDE_POOL_MAX_AGE, is replaced. A key that no job used for
   CLAUDE_POOL_MAX_AGE is no longer kept warm, and at most CLAUDE_POOL_KEYS keys are.
@@ -288,11 +289,16 @@ def _close_inherited_pipes() -> None:
 os.register_at_fork(after_in_child=_close_inherited_pipes)
 
 
+# Longest a refill waits for other CLIs to finish (CliPoolWorkerMixin._cli_pool_backlog).
+REFILL_DEFER_MAX = 10.0
+
+
 class CliPoolWorkerMixin:
     """For an rq forking worker: keep a :class:`CliPool` and hand each job a warm CLI (module doc)."""
 
     _cli_pool: CliPool | None = None
     _cli_pool_checked: float = 0.0
+    _cli_pool_deferred_since: float | None = None
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)  # type: ignore[misc]
@@ -324,10 +330,15 @@ class CliPoolWorkerMixin:
                     pool.want(descriptor)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        # Refill before waiting for work, unless work is waiting (module doc).
+        # Refill before waiting for work, unless work is waiting or CLIs are answering (module doc).
         pool = self._cli_pool
-        if pool is not None and pool.short() and not self._cli_pool_backlog():
-            self._cli_pool_fill()
+        if pool is not None and pool.short():
+            if not self._cli_pool_backlog():
+                self._cli_pool_fill()
+        else:
+            self._cli_pool_deferred_since = None
+        if self._cli_pool_deferred_since is not None and timeout is not None:
+            timeout = 1  # look again soon (until the next job: rq keeps this timeout while it waits)
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)  # type: ignore[misc]
 
     def fork_work_horse(self, job: Any, queue: Any) -> None:
@@ -364,18 +375,40 @@ class CliPoolWorkerMixin:
             self._cli_pool.close()
 
     def _cli_pool_backlog(self) -> bool:
+        """True while refilling should wait: jobs are queued, or other CLIs are still answering.
+
+        The second for at most REFILL_DEFER_MAX: a burst's last jobs finish sooner without node
+        start-ups beside them, and other hosts' CLIs (they count too) must not hold this pool empty.
+        """
         try:
             pipe = self.connection.pipeline(transaction=False)  # type: ignore[attr-defined]
             for queue in self.queues:  # type: ignore[attr-defined]
                 pipe.llen(queue.key)
-            return any(pipe.execute())
+            pipe.zcount(metrics.CLI_RUNNING_KEY, time.time(), "+inf")
+            *lengths, running = pipe.execute()
         except Exception:
             logger.warning("could not read the queue lengths; refilling the warm CLI pool", exc_info=True)
             return False
+        if any(lengths):
+            return True
+        now = time.monotonic()
+        if running:
+            if self._cli_pool_deferred_since is None:
+                self._cli_pool_deferred_since = now
+            if now - self._cli_pool_deferred_since < REFILL_DEFER_MAX:
+                return True
+        self._cli_pool_deferred_since = None
+        return False
 
     def _cli_pool_due(self) -> bool:
         pool = self._cli_pool
-        return pool is not None and time.monotonic() - self._cli_pool_checked >= pool.max_age / 4
+        if pool is None:
+            return False
+        # A deferred refill is looked at again on every wake-up (each second while it waits).
+        return (
+            self._cli_pool_deferred_since is not None
+            or time.monotonic() - self._cli_pool_checked >= pool.max_age / 4
+        )
 
     def _cli_pool_fill(self) -> None:
         self._cli_pool_checked = time.monotonic()

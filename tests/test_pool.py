@@ -666,3 +666,31 @@ def test_the_pool_refills_only_when_no_job_is_waiting(fake_pool, fake_claude, se
     assert fake_pool.idle() == []  # the waiting job starts cold rather than wait for a warm CLI
     assert worker.dequeue_job_and_maintain_ttl(timeout=1, max_idle_time=1) is None
     assert len(fake_pool.idle()) == 1  # no work waiting: the pool is full again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pool_refills_once_the_clis_still_answering_have_finished(fake_pool, settings, monkeypatch):
+    """After a burst the last jobs' CLIs keep the CPU to themselves; the refill follows them."""
+    from core.metrics import CLI_RUNNING_KEY
+    from queries.worker import GatewayInProcessWorker
+
+    queues = [django_rq.get_queue(name) for name in settings.RQ_QUEUE_NAMES]
+    worker = GatewayInProcessWorker(queues, connection=queues[0].connection)
+    worker._cli_pool = fake_pool
+    fake_pool.want(pool.DEFAULT_DESCRIPTOR)
+    redis_client().zadd(CLI_RUNNING_KEY, {"another-workers-job": time.time() + 60})
+    assert worker.dequeue_job_and_maintain_ttl(timeout=5, max_idle_time=1) is None
+    assert fake_pool.idle() == []  # another CLI is answering: the refill waits
+    assert worker._cli_pool_due() and worker._cli_pool_backlog()
+
+    redis_client().zrem(CLI_RUNNING_KEY, "another-workers-job")
+    assert worker.dequeue_job_and_maintain_ttl(timeout=5, max_idle_time=1) is None
+    assert len(fake_pool.idle()) == 1 and worker._cli_pool_deferred_since is None
+
+    # However long other CLIs go on (other hosts count too), a refill waits REFILL_DEFER_MAX at most.
+    fake_pool.close()
+    fake_pool.want(pool.DEFAULT_DESCRIPTOR)
+    monkeypatch.setattr(pool, "REFILL_DEFER_MAX", 0.0)
+    redis_client().zadd(CLI_RUNNING_KEY, {"a-long-job": time.time() + 60})
+    assert worker.dequeue_job_and_maintain_ttl(timeout=5, max_idle_time=1) is None
+    assert len(fake_pool.idle()) == 1
