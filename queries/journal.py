@@ -140,7 +140,6 @@ def journal_cache_hit(
     )
     if entry == 0:
         raise KeysChanged
-    _recorder_ensure()
     return entry
 
 
@@ -350,13 +349,12 @@ _recorder: _Recorder | None = None
 _recorder_lock = threading.Lock()
 
 
-def _recorder_ensure() -> None:
-    if _recorder is None or _recorder.pid != os.getpid():
-        recorder_start()
-
-
 def recorder_start() -> None:
-    """Start this process's recorder thread (once; again in a forked child)."""
+    """Start this process's recorder thread (once; again in a forked child).
+
+    gunicorn's workers start one (gateway_project/gunicorn.conf.py); a command that answers a hit
+    (gateway_query) leaves its record to them and to the workers.
+    """
     global _recorder
     if not settings.CACHE_HIT_JOURNAL or not settings.JOURNAL_RECORDER:
         return
