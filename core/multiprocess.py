@@ -54,11 +54,32 @@ def lock(path: str | os.PathLike[str], *, shared: bool) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+_waiting: list[tuple[int, Path]] = []
+_folding = False
+
+
 def process_exited(pid: int, path: str | os.PathLike[str]) -> None:
-    """Fold a dead process's files into the archive; call it once the process has been reaped."""
+    """Fold a dead process's files into the archive; call it once the process has been reaped.
+
+    gunicorn calls this (``child_exit``) from its SIGCHLD handler, which can interrupt a call already
+    folding another worker's files while it holds the lock: the interrupting call would then wait for
+    the lock forever and the server could never stop. So a call made during another only queues its
+    pid, and the call it interrupted folds it before returning.
+    """
+    global _folding
+    _waiting.append((pid, Path(path)))
+    while _waiting and not _folding:
+        _folding = True
+        try:
+            while _waiting:
+                _fold(*_waiting.pop(0))
+        finally:
+            _folding = False
+
+
+def _fold(pid: int, path: Path) -> None:
     from prometheus_client.mmap_dict import MmapedDict
 
-    path = Path(path)
     with lock(path, shared=False):
         for file in path.glob(f"gauge_*_{pid}.db"):
             file.unlink(missing_ok=True)

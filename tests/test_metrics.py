@@ -327,3 +327,32 @@ def test_dead_processes_files_are_folded_into_one_archive(tmp_path):
 
     multiprocess.prepare(directory)  # a new server starts from zero, as its processes do
     assert list(directory.glob("*.db")) == []
+
+
+def test_a_worker_reaped_while_another_is_folded_waits_for_it_instead_of_deadlocking(tmp_path, monkeypatch):
+    """gunicorn's SIGCHLD handler can run child_exit inside a child_exit that holds the lock."""
+    import threading
+
+    directory = tmp_path / "prom"
+    multiprocess.prepare(directory)
+    pids = [run_writer(directory, n) for n in (1, 2)]
+    before = collect(directory)
+    real_fold = multiprocess._fold
+    nested = []
+
+    def fold_interrupted(pid, path):
+        with multiprocess.lock(path, shared=False):
+            if not nested:  # the second worker's exit arrives while the first's files are folded
+                nested.append(pid)
+                multiprocess.process_exited(pids[1], directory)
+        real_fold(pid, path)
+
+    monkeypatch.setattr(multiprocess, "_fold", fold_interrupted)
+    done = threading.Thread(target=multiprocess.process_exited, args=(pids[0], directory), daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive(), "process_exited deadlocked on its own lock"
+    assert value(collect(directory), "demo_requests_total", view="a") == value(
+        before, "demo_requests_total", view="a"
+    )
+    assert sorted(p.name for p in directory.glob("*.db")) == ["counter_archive.db", "histogram_archive.db"]
