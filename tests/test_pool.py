@@ -557,6 +557,13 @@ def test_jobs_take_warm_clis_one_each_and_the_pool_counts_hits_and_misses(http, 
     worker = worker_process(env={"WORKER_FORK": fork})
     first_warm = wait_for(lambda: warm_children(worker.pid), timeout=30, message="a warm CLI")
     one = submit_and_wait(http, {"query": "[[mock:text=first]] one"})
+    # At rest the worker replaces the CLI job one took before the next job comes. (Submitted at once,
+    # job two could be queued before the worker is back from job one, and start cold.)
+    wait_for(
+        lambda: [pid for pid in warm_children(worker.pid) if pid != first_warm[0]],
+        timeout=30,
+        message="the replacement of the first warm CLI",
+    )
     two = submit_and_wait(http, {"query": "[[mock:text=second]] two"})
     assert (one["state"], one["result"]["response"]) == ("completed", "first")
     assert (two["state"], two["result"]["response"]) == ("completed", "second")
