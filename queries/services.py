@@ -893,16 +893,6 @@ def _rq_jobs_in_progress(*, redis: Redis) -> set[str]:
     return current
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def job_reconcile_stale(
     *, grace_seconds: float = 60.0, retry: bool = False
 ) -> list[tuple[Job, Retry | None]]:
