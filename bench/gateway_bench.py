@@ -53,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 import requests
+from figures import percentile  # bench/, the script's own directory
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)
@@ -65,15 +66,6 @@ PHASES = ("latency", "burst", "cache", "submit")
 
 
 # --- small helpers -----------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def free_port() -> int:

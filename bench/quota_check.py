@@ -27,10 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+from figures import percentile  # noqa: E402  (bench/, the script's own directory)
 
 
 def main() -> None:
@@ -83,8 +80,8 @@ def main() -> None:
         ("concurrency slot (quota_jobs_acquire)", acquire),
     ):
         print(
-            f"{name:40s} p50 {statistics.median(samples):.3f} ms  p95 {percentile(samples, 0.95):.3f} ms  "
-            f"p99 {percentile(samples, 0.99):.3f} ms  over {len(samples)} calls"
+            f"{name:40s} p50 {statistics.median(samples):.3f} ms  p95 {percentile(samples, 95):.3f} ms  "
+            f"p99 {percentile(samples, 99):.3f} ms  over {len(samples)} calls"
         )
 
     def burst(attempt) -> int:

@@ -29,10 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+from figures import percentile  # noqa: E402  (bench/, the script's own directory)
 
 
 def main() -> None:
@@ -148,7 +145,7 @@ def main() -> None:
     )
     print(
         f"outcome to receipt, one at a time ({args.singles}): p50 {statistics.median(single):.0f} ms, "
-        f"p95 {percentile(single, 0.95):.0f} ms, max {max(single):.0f} ms"
+        f"p95 {percentile(single, 95):.0f} ms, max {max(single):.0f} ms"
     )
     print(f"record + enqueue a delivery: {create_ms:.2f} ms each")
     print(

@@ -391,17 +391,7 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Purge the cached answers of selected jobs", permissions=["operate"])
     def purge_cache(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        jobs = list(queryset.only("id", "hash"))
-        try:
-            deleted = services.cache_purge(query_hashes=[job.hash for job in jobs])
-        except RedisError as exc:
-            self.message_user(request, f"Redis is unavailable: {exc}", messages.ERROR)
-            return
-        for job in jobs:
-            self.log_change(request, job, "Purged its query's cached answer.")
-        self.message_user(
-            request, f"Purged {deleted} cached answer(s) for {len(jobs)} job(s).", messages.SUCCESS
-        )
+        _purge(self, request, list(queryset.only("id", "hash")), "job(s)")
 
     @admin.action(description="Redeliver the webhooks of selected jobs' requests", permissions=["operate"])
     def redeliver_webhooks(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
@@ -409,6 +399,20 @@ class JobAdmin(ReadOnlyAdmin):
 
         deliveries = WebhookDelivery.objects.filter(request__job__in=queryset).select_related("request__job")
         _redeliver(self, request, deliveries, log_on=lambda d: d.request.job)
+
+
+def _purge(model_admin: admin.ModelAdmin, request: HttpRequest, rows: list[Any], noun: str) -> None:
+    """Purge the cached answers of jobs or requests (by their hash), logging each in the admin log."""
+    try:
+        deleted = services.cache_purge(query_hashes=[row.hash for row in rows])
+    except RedisError as exc:
+        model_admin.message_user(request, f"Redis is unavailable: {exc}", messages.ERROR)
+        return
+    for row in rows:
+        model_admin.log_change(request, row, "Purged its query's cached answer.")
+    model_admin.message_user(
+        request, f"Purged {deleted} cached answer(s) for {len(rows)} {noun}.", messages.SUCCESS
+    )
 
 
 def _seconds(delta: timedelta) -> str:
@@ -528,17 +532,7 @@ class QueryRequestAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Purge the cached answers of selected requests", permissions=["operate"])
     def purge_cache(self, request: HttpRequest, queryset: QuerySet[QueryRequest]) -> None:
-        rows = list(queryset.select_related("job"))
-        try:
-            deleted = services.cache_purge(query_hashes=[row.hash for row in rows])
-        except RedisError as exc:
-            self.message_user(request, f"Redis is unavailable: {exc}", messages.ERROR)
-            return
-        for row in rows:
-            self.log_change(request, row, "Purged its query's cached answer.")
-        self.message_user(
-            request, f"Purged {deleted} cached answer(s) for {len(rows)} request(s).", messages.SUCCESS
-        )
+        _purge(self, request, list(queryset.select_related("job")), "request(s)")
 
     @admin.action(description="Redeliver the webhooks of selected requests", permissions=["operate"])
     def redeliver_webhooks(self, request: HttpRequest, queryset: QuerySet[QueryRequest]) -> None:
