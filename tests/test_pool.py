@@ -25,7 +25,7 @@ from queries import pool, runner, services
 from queries.models import Job
 from queries.runner import ClaudeInvocation, RunnerConfig
 from tests.conftest import FAKE_CLAUDE, real_claude_bin, wait_for
-from tests.test_e2e import wait_finished
+from tests.test_e2e import group_members, wait_finished
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,21 +61,6 @@ def gone(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] in "ZX"
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] not in "ZX" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 @pytest.fixture
