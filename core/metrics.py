@@ -26,6 +26,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -40,8 +41,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
+from rq import Queue
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.worker_registration import REDIS_WORKER_KEYS
 
+from core import multiprocess
 from core.errors import error_response
 from core.redis import redis_client
 
@@ -50,8 +54,6 @@ logger = logging.getLogger(__name__)
 # Redis keys (no django-redis prefix, so operators can look them up by name).
 COUNTERS_KEY = "metrics:counters"
 CLI_RUNNING_KEY = "metrics:cli_running"
-# Cache hits answered but not yet written to the database (queries/journal.py).
-REQUEST_JOURNAL_KEY = "journal:requests"
 
 # A CLI run takes from half a second (a cached-prompt answer) to CLAUDE_TIMEOUT (up to minutes).
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -95,8 +97,6 @@ HELP = {
     "claude_cli_processes_running": "CLI processes running a job now, across every worker host.",
     "claude_workers": "Live rq workers (by their heartbeat), by state.",
     "claude_metrics_store_up": "1 if the Redis-held gateway metrics could be read for this scrape.",
-    "claude_request_journal_pending": "Cache hits answered and journaled, not yet written to the database.",
-    "claude_request_journal_oldest_seconds": "Seconds the oldest journaled cache hit has waited (0 if none).",
 }
 
 
@@ -248,22 +248,8 @@ def _parse_field(field: str) -> tuple[str, dict[str, str]]:
     return name, labels
 
 
-def _failure_reasons() -> tuple[str, ...]:
-    from queries.models import Job  # core is below the apps; only the collector needs their names
-
-    return tuple(str(value) for value in Job.ErrorType.values)
-
-
 def _queue_keys(name: str) -> list[tuple[str, str]]:
     """rq's Redis keys for a queue's states, in QUEUE_STATES order (no connection needed)."""
-    from rq import Queue
-    from rq.registry import (
-        DeferredJobRegistry,
-        FailedJobRegistry,
-        ScheduledJobRegistry,
-        StartedJobRegistry,
-    )
-
     return [
         ("list", f"{Queue.redis_queue_namespace_prefix}{name}"),
         ("zset", StartedJobRegistry.key_template.format(name)),
@@ -287,18 +273,47 @@ def _worker_states(keys: list[bytes]) -> dict[str, int]:
     return counts
 
 
+# What the apps above add to a scrape (registered from their AppConfig.ready): label values shown
+# even at zero, and Redis reads that join the scrape's one pipelined round trip.
+_known_labels: dict[str, tuple[str, ...]] = {"claude_tokens_total": TOKEN_TYPES}
+
+
+def known_labels_register(name: str, values: Iterable[str]) -> None:
+    """Show these label values of counter ``name`` on every scrape, at zero until counted."""
+    _known_labels[name] = tuple(sorted({*_known_labels.get(name, ()), *map(str, values)}))
+
+
+@dataclass(frozen=True)
+class ScrapeSource:
+    """Gauges read from Redis at scrape time by an app above core.
+
+    ``read`` queues its commands on the scrape's pipeline and returns how many; ``gauges`` turns
+    their replies (and Redis's clock, seconds since the epoch) into metric families.
+    """
+
+    read: Callable[[Any], int]
+    gauges: Callable[[list[Any], float], Iterable[Metric]]
+
+
+_sources: list[ScrapeSource] = []
+
+
+def scrape_source_register(source: ScrapeSource) -> None:
+    if source not in _sources:
+        _sources.append(source)
+
+
 class GatewayCollector:
     """Reads the gateway's counters, the running CLIs and the rq queues from Redis at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
         names = list(settings.RQ_QUEUE_NAMES)
+        sources = list(_sources)
         try:
             pipe = redis_client().pipeline(transaction=False)
             pipe.hgetall(COUNTERS_KEY)
             pipe.zcount(CLI_RUNNING_KEY, time.time(), "+inf")
             pipe.smembers(REDIS_WORKER_KEYS)
-            pipe.xlen(REQUEST_JOURNAL_KEY)
-            pipe.xrange(REQUEST_JOURNAL_KEY, count=1)
             pipe.time()
             for name in names:
                 for kind, key in _queue_keys(name):
@@ -306,7 +321,10 @@ class GatewayCollector:
                         pipe.llen(key)
                     else:
                         pipe.zcard(key)
-            raw, running, worker_keys, journal_length, journal_first, now, *queue_counts = pipe.execute()
+            counts = [source.read(pipe) for source in sources]
+            raw, running, worker_keys, now, *rest = pipe.execute()
+            queue_counts = rest[: len(names) * len(QUEUE_STATES)]
+            replies = rest[len(queue_counts) :]
             # A worker's hash expires with its heartbeat; the set keeps the key until rq cleans it.
             states = _worker_states(sorted(worker_keys))
         except RedisError as exc:
@@ -325,19 +343,14 @@ class GatewayCollector:
             for j, state in enumerate(QUEUE_STATES):
                 size.add_metric([name, state], queue_counts[i * len(QUEUE_STATES) + j])
         yield size
-        oldest = 0.0
-        if journal_first:
-            first_ms = int(journal_first[0][0].split(b"-")[0])
-            oldest = max(0.0, now[0] + now[1] / 1e6 - first_ms / 1000)
-        for name, value in (
-            ("claude_request_journal_pending", journal_length),
-            ("claude_request_journal_oldest_seconds", oldest),
-        ):
-            yield GaugeMetricFamily(name, HELP[name], value=value)
         workers = GaugeMetricFamily("claude_workers", HELP["claude_workers"], labels=["state"])
         for state in sorted({"idle", "busy", *states}):
             workers.add_metric([state], states.get(state, 0))
         yield workers
+        redis_now = now[0] + now[1] / 1e6
+        for source, count in zip(sources, counts, strict=True):
+            yield from source.gauges(replies[:count], redis_now)
+            replies = replies[count:]
 
     def _counters(self, raw: dict[bytes, bytes]) -> Iterator[Metric]:
         series: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -345,8 +358,9 @@ class GatewayCollector:
             name, labels = _parse_field(key.decode())
             series.setdefault(name, {})[tuple(sorted(labels.items()))] = float(value)
 
-        def counter(name: str, label: str | None = None, known: Iterable[str] = ()) -> CounterMetricFamily:
+        def counter(name: str, label: str | None = None) -> CounterMetricFamily:
             family = CounterMetricFamily(name, HELP[name], labels=[label] if label else None)
+            known = _known_labels.get(name, ())
             values = series.get(name, {})
             if label is None:
                 family.add_metric([], values.get((), 0.0))
@@ -357,14 +371,14 @@ class GatewayCollector:
             return family
 
         yield counter("claude_jobs_completed_total")
-        yield counter("claude_jobs_failed_total", "reason", _failure_reasons())
+        yield counter("claude_jobs_failed_total", "reason")
         yield counter("claude_cache_hits_total")
         yield counter("claude_cache_misses_total")
         yield counter("claude_dedup_hits_total")
         yield counter("claude_cli_pool_hits_total")
         yield counter("claude_cli_pool_misses_total")
         yield counter("claude_cost_usd_total")
-        yield counter("claude_tokens_total", "type", TOKEN_TYPES)
+        yield counter("claude_tokens_total", "type")
         yield counter("claude_webhook_deliveries_total", "outcome")
 
         name = "claude_execution_duration_seconds"
@@ -396,8 +410,6 @@ class _Filtered:
 
 def metrics_text() -> bytes:
     """The whole exposition: django-prometheus's metrics (every web process's) plus the gateway's."""
-    from core import multiprocess
-
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector())
     directory = multiprocess.directory()

@@ -71,7 +71,7 @@ def post_worker_init(worker):
     from django.apps import apps
 
     if apps.is_installed("queries"):  # not in bench/bare_app.py, which shares these settings
-        from queries import journal
+        from queries.services import journal
 
         journal.recorder_start()
 
@@ -81,7 +81,7 @@ def worker_exit(server, worker):
     from django.apps import apps
 
     if apps.is_installed("queries"):
-        from queries import journal
+        from queries.services import journal
 
         journal.recorder_stop()
 

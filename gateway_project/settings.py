@@ -48,7 +48,7 @@ PORT = env_int("PORT", 3000, minimum=1, maximum=65535)
 
 INSTALLED_APPS = [
     # django.contrib.admin with the gateway's site: the dashboard on the index and the cache page.
-    "core.admin.GatewayAdminConfig",
+    "console.apps.GatewayAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -61,9 +61,10 @@ INSTALLED_APPS = [
     "django_rq",
     "django_prometheus",
     "core",
-    "queries",
     "routing",
+    "queries",
     "webhooks",
+    "console.apps.ConsoleConfig",
 ]
 
 MIDDLEWARE = [

@@ -14,34 +14,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core import logs
+from core import logs, outbound
 from core.errors import NotFound
 from core.parsers import json_depth
 from queries import schema, services
 from queries.models import Job, Priority, QueryRequest
 from queries.quotas import SubmissionRateThrottle
-from webhooks.services import UnsafeWebhookUrl, webhook_url_check
-
-MODEL_MAX_CHARS = 100
-MODEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:[]@/")
-
-
-def query_problem(value: str) -> str | None:
-    """What is wrong with a query string, or None (shared with queries/hits.py)."""
-    if not value.strip():
-        return "This field may not be blank."
-    if len(value) > settings.QUERY_MAX_CHARS:
-        return f"Ensure this field has no more than {settings.QUERY_MAX_CHARS} characters."
-    return None
-
-
-def model_problem(value: str | None) -> str | None:
-    """What is wrong with a model name, or None (shared with queries/hits.py)."""
-    if value is None:
-        return None
-    if not value or value[0] in "-@/" or not set(value) <= MODEL_NAME_CHARS:
-        return "Must be a model name or alias: letters, digits and - . _ : [ ] @ /, not starting with -."
-    return None
+from queries.validation import MODEL_MAX_CHARS, model_problem, query_problem
 
 
 class StrictCharField(serializers.CharField):
@@ -127,8 +106,8 @@ class QueryCreateApi(APIView):
 
         def validate_webhookUrl(self, value: str) -> str:  # noqa: N802
             try:
-                webhook_url_check(value)
-            except UnsafeWebhookUrl as exc:
+                outbound.url_check(value)
+            except outbound.UnsafeUrl as exc:
                 raise serializers.ValidationError(f"The webhook URL {exc}.") from None
             return value
 

@@ -3,3 +3,15 @@ from django.apps import AppConfig
 
 class QueriesConfig(AppConfig):
     name = "queries"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete
+
+        from core import metrics
+        from queries.models import Job
+        from queries.services import cache, journal
+
+        post_delete.connect(cache.cache_job_deleted, sender=Job, dispatch_uid="queries-job-deleted")
+        # /metrics shows every failure type from the start, and the journal's backlog.
+        metrics.known_labels_register("claude_jobs_failed_total", Job.ErrorType.values)
+        metrics.scrape_source_register(journal.BACKLOG_SCRAPE)

@@ -9,7 +9,7 @@ only a plain request that hits the cache:
   and, with SECURE_SSL_REDIRECT, HTTPS;
 - a valid API key without a rate limit (a rate limit's slot is taken by the full path);
 - only ``query`` with, optionally, ``priority``, ``model`` and ``noCache: false``, valid by the API's
-  own rules (queries.api's query_problem and model_problem);
+  own rules (queries.validation);
 - and a cache entry (queries.services.query_cache_answer, which records and counts the hit).
 
 For such a request the reply is what the full path would send: the same body, status and headers
@@ -37,8 +37,9 @@ from core import logs
 from core.limits import request_limits_refusal
 from core.middleware import HttpMetricsMiddleware
 from core.parsers import json_loads_strict
-from queries import api, auth, journal, services
+from queries import auth, services, validation
 from queries.models import Priority
+from queries.services import journal
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +82,14 @@ def _plain_body(request: WSGIRequest) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not set(data) <= _FIELDS:
         return None
     query, model = data.get("query"), data.get("model")
-    if not isinstance(query, str) or api.query_problem(query):
+    if not isinstance(query, str) or validation.query_problem(query):
         return None
     if data.get("priority", Priority.NORMAL) not in _PRIORITIES or data.get("noCache", False) is not False:
         return None
     if model is not None and (
-        not isinstance(model, str) or len(model) > api.MODEL_MAX_CHARS or api.model_problem(model)
+        not isinstance(model, str)
+        or len(model) > validation.MODEL_MAX_CHARS
+        or validation.model_problem(model)
     ):
         return None
     return data

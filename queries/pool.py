@@ -11,13 +11,14 @@ waits on its stdin; a prompt written there is answered about 0.1 s later. How it
   (:func:`pool_claim`) writes the prompt, closes stdin (the CLI exits after one message once stdin is
   at end of file) and follows the CLI exactly as a cold one: timeout, cancellation, killing the
   process group. Before that it checks that the CLI was started with precisely the options the job
-  needs (runner.warm_key: every argument, the MCP servers' configuration as it is now, the working
-  directory); if not, say an operator edited an MCP server since, it kills it and starts one cold.
+  needs (claude_cli.invocation.warm_key: every argument, the MCP servers' configuration as it is
+  now, the working directory); if not, say an operator edited an MCP server since, it kills it and
+  starts one cold.
 - The gateway's worker runs jobs in its own process (queries.worker.GatewayInProcessWorker). With
   WORKER_FORK the job runs in a forked work horse instead: the worker closes its own copies of the
   CLI's pipes after the fork, the horse uses the ones it inherited and watches the CLI's exit through
   a pidfd, reading its exit status from /proc, and any other child forked from the worker (rq's
-  scheduler) drops its copies at once (:func:`_close_inherited_pipes`).
+  scheduler) drops its copies at once (claude_cli.pool).
 - The worker reaps the CLI after the job and starts a replacement before it waits for the next job.
   Not beside the job: on a busy host a node start-up competing with the job's own CLI would slow the
   answer being waited for. And not while jobs are queued: a warm CLI spends a little more CPU than a
@@ -37,33 +38,29 @@ Hits and misses are counted as ``claude_cli_pool_hits_total`` and ``claude_cli_p
 from __future__ import annotations
 
 import logging
-import os
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
 
+from claude_cli.invocation import ClaudeInvocation, RunnerConfig, warm_capable, warm_key
+from claude_cli.pool import DEFAULT_DESCRIPTOR, CliPool, Descriptor, hand_over, handed
+from claude_cli.warm import WarmProcess
 from core import metrics
-from queries import runner
-
-if TYPE_CHECKING:
-    from routing.services import Route
+from routing.services import GENERAL_INTENT, McpUnavailable, Route, route_for_job
 
 logger = logging.getLogger(__name__)
 
 RUN_JOB = "queries.tasks.run_job"
 META_KEY = "cli"
-# How long a key whose CLI would not start waits before the next try (a missing binary, say).
-START_RETRY_DELAY = 30.0
 
-# (model, MCP server names): what the worker knows of a job before the horse loads it.
-Descriptor = tuple[str | None, tuple[str, ...]]
-DEFAULT_DESCRIPTOR: Descriptor = (None, ())
+
+def runner_config() -> RunnerConfig:
+    """The runner's configuration from the CLAUDE_* settings."""
+    return RunnerConfig.from_settings(settings)
 
 
 def job_meta(*, model: str | None, servers: list[str]) -> dict[str, Any]:
@@ -81,10 +78,10 @@ def descriptor_from_meta(meta: dict[str, Any] | None) -> Descriptor | None:
     return (model or None, tuple(sorted(str(name) for name in servers)))
 
 
-def invocation_for(*, prompt: str, model: str | None, route: Route) -> runner.ClaudeInvocation:
+def invocation_for(*, prompt: str, model: str | None, route: Route) -> ClaudeInvocation:
     """The CLI invocation for a query routed to ``route``: the one place it is put together, so a
     CLI started ahead of time has exactly the options the job will need."""
-    return runner.ClaudeInvocation(
+    return ClaudeInvocation(
         prompt=prompt,
         model=model or None,
         mcp_config=route.mcp_config(),
@@ -94,35 +91,18 @@ def invocation_for(*, prompt: str, model: str | None, route: Route) -> runner.Cl
 
 
 def pool_enabled() -> bool:
-    return settings.CLAUDE_POOL_SIZE > 0 and runner.warm_capable(runner.RunnerConfig.from_settings())
+    return settings.CLAUDE_POOL_SIZE > 0 and warm_capable(runner_config())
 
 
-# --- the work horse's side -------------------------------------------------------------------------
-
-# The CLI the worker chose for the job it is about to fork a horse for; the horse finds it here.
-_handed: runner.WarmProcess | None = None
-
-
-def hand_over(warm: runner.WarmProcess | None) -> None:
-    global _handed
-    _handed = warm
-
-
-def handed() -> runner.WarmProcess | None:
-    return _handed
-
-
-def pool_claim(
-    *, invocation: runner.ClaudeInvocation, config: runner.RunnerConfig
-) -> runner.WarmProcess | None:
+def pool_claim(*, invocation: ClaudeInvocation, config: RunnerConfig) -> WarmProcess | None:
     """The warm CLI to run ``invocation`` with, or None to start one cold. Counts a pool hit or miss.
 
     A CLI handed over by the worker is used only if it was started with exactly the options this
     invocation needs; otherwise it is killed (the worker reaps it and starts a current one).
     """
-    warm = _handed
+    warm = handed()
     hand_over(None)
-    if warm is not None and warm.key == runner.warm_key(invocation, config):
+    if warm is not None and warm.key == warm_key(invocation, config):
         metrics.cli_pool_counted(hit=True)
         return warm
     if warm is not None:
@@ -133,160 +113,36 @@ def pool_claim(
     return None
 
 
-# --- the worker's side -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Slot:
-    """The warm CLIs for one descriptor."""
-
-    idle: list[runner.WarmProcess] = field(default_factory=list)
-    last_used: float = field(default_factory=time.monotonic)
-    retry_at: float = 0.0
-
-
-class CliPool:
-    """Warm CLIs owned by this process: taken one per job, replaced after it, stopped at exit."""
-
-    def __init__(self, *, config: runner.RunnerConfig, size: int, max_age: float, max_keys: int) -> None:
-        self.config = config
-        self.size = size
-        self.max_age = max_age
-        self.max_keys = max_keys
-        self._slots: dict[Descriptor, _Slot] = {}
-        self.started = 0
-        _pools.add(self)
-
-    @classmethod
-    def from_settings(cls) -> CliPool | None:
-        """The pool the settings ask for, or None when pooling is off or cannot work."""
-        config = runner.RunnerConfig.from_settings()
-        if settings.CLAUDE_POOL_SIZE <= 0:
-            return None
-        if not runner.warm_capable(config):
-            logger.warning("CLAUDE_EXTRA_ARGS sets the CLI's input or output format: no warm CLI pool")
-            return None
-        return cls(
-            config=config,
-            size=settings.CLAUDE_POOL_SIZE,
-            max_age=settings.CLAUDE_POOL_MAX_AGE,
-            max_keys=settings.CLAUDE_POOL_KEYS,
-        )
-
-    def short(self) -> bool:
-        """Whether a fill would start or replace anything."""
-        return any(
-            len(slot.idle) < self.size or any(w.age() > self.max_age for w in slot.idle)
-            for slot in self._slots.values()
-        )
-
-    def idle(self, descriptor: Descriptor | None = None) -> list[runner.WarmProcess]:
-        if descriptor is not None:
-            slot = self._slots.get(descriptor)
-            return list(slot.idle) if slot else []
-        return [warm for slot in self._slots.values() for warm in slot.idle]
-
-    def want(self, descriptor: Descriptor) -> None:
-        """Keep CLIs warm for ``descriptor`` from the next fill on (a job just used it)."""
-        slot = self._slots.setdefault(descriptor, _Slot())
-        slot.last_used = time.monotonic()
-
-    def take(self, descriptor: Descriptor) -> runner.WarmProcess | None:
-        """The oldest live, fresh CLI for ``descriptor`` (the likeliest to have finished starting)."""
-        slot = self._slots.get(descriptor)
-        if slot is None:
-            return None
-        slot.last_used = time.monotonic()
-        while slot.idle:
-            warm = slot.idle.pop(0)
-            if warm.age() <= self.max_age and warm.alive():
-                return warm
-            self.retire(warm)
+def pool_from_settings() -> CliPool | None:
+    """The pool the settings ask for, or None when pooling is off or cannot work."""
+    config = runner_config()
+    if settings.CLAUDE_POOL_SIZE <= 0:
         return None
-
-    def retire(self, warm: runner.WarmProcess) -> None:
-        """Stop (if it still runs) and reap a CLI: one a horse has used, or one gone stale."""
-        warm.discard(grace=min(self.config.kill_grace, 2.0))
-
-    def fill(self) -> int:
-        """Replace dead and stale CLIs, forget unused keys, start CLIs up to the size; returns how
-        many were started. Reads MCP servers' configuration from the database for keys with servers."""
-        now = time.monotonic()
-        for slot in self._slots.values():
-            for warm in [w for w in slot.idle if w.age() > self.max_age or not w.alive()]:
-                slot.idle.remove(warm)
-                self.retire(warm)
-        self._forget_unused(now)
-        started = 0
-        for descriptor, slot in list(self._slots.items()):
-            if len(slot.idle) >= self.size or now < slot.retry_at:
-                continue
-            invocation = self._invocation(descriptor)
-            if invocation is None:
-                self._drop(descriptor)
-                continue
-            while len(slot.idle) < self.size:
-                try:
-                    slot.idle.append(runner.start_warm(invocation, self.config))
-                except runner.WarmStartError as exc:
-                    logger.warning("no warm Claude CLI: %s; retrying in %.0f s", exc, START_RETRY_DELAY)
-                    slot.retry_at = now + START_RETRY_DELAY
-                    break
-                started += 1
-        self.started += started
-        return started
-
-    def close(self) -> None:
-        """Stop every idle CLI."""
-        for descriptor in list(self._slots):
-            self._drop(descriptor)
-
-    def _forget_unused(self, now: float) -> None:
-        for descriptor, slot in list(self._slots.items()):
-            if now - slot.last_used > self.max_age:
-                self._drop(descriptor)
-        by_use = sorted(self._slots, key=lambda d: self._slots[d].last_used, reverse=True)
-        for descriptor in by_use[self.max_keys :]:
-            self._drop(descriptor)
-
-    def _drop(self, descriptor: Descriptor) -> None:
-        slot = self._slots.pop(descriptor, None)
-        for warm in slot.idle if slot else ():
-            self.retire(warm)
-
-    def _invocation(self, descriptor: Descriptor) -> runner.ClaudeInvocation | None:
-        """The options a job with this descriptor runs with, the MCP servers' configuration as now."""
-        from routing.services import GENERAL_INTENT, McpUnavailable, Route, route_for_job
-
-        model, servers = descriptor
-        if not servers:
-            return invocation_for(prompt="", model=model, route=Route())
-        try:
-            route = route_for_job(intent=GENERAL_INTENT, server_names=list(servers))
-        except McpUnavailable:
-            return None
-        finally:
-            # This process forks work horses: it must not hold a connection they would inherit.
-            connections.close_all()
-        return invocation_for(prompt="", model=model, route=route)
+    if not warm_capable(config):
+        logger.warning("CLAUDE_EXTRA_ARGS sets the CLI's input or output format: no warm CLI pool")
+        return None
+    return CliPool(
+        config=config,
+        size=settings.CLAUDE_POOL_SIZE,
+        max_age=settings.CLAUDE_POOL_MAX_AGE,
+        max_keys=settings.CLAUDE_POOL_KEYS,
+        invocation_for=_descriptor_invocation,
+    )
 
 
-_pools: weakref.WeakSet[CliPool] = weakref.WeakSet()
-
-
-def _close_inherited_pipes() -> None:
-    """In a forked child, drop the copies of the idle CLIs' pipes, except the one handed to it.
-
-    A warm CLI exits after its prompt only once every copy of its stdin's write end is closed: a
-    child that kept one (rq's scheduler is forked from a worker, for one) would hold it open forever.
-    """
-    for pool in list(_pools):
-        for warm in pool.idle():
-            if warm is not _handed:
-                warm.close_pipes()
-
-
-os.register_at_fork(after_in_child=_close_inherited_pipes)
+def _descriptor_invocation(descriptor: Descriptor) -> ClaudeInvocation | None:
+    """The options a job with this descriptor runs with, the MCP servers' configuration as now."""
+    model, servers = descriptor
+    if not servers:
+        return invocation_for(prompt="", model=model, route=Route())
+    try:
+        route = route_for_job(intent=GENERAL_INTENT, server_names=list(servers))
+    except McpUnavailable:
+        return None
+    finally:
+        # This process forks work horses: it must not hold a connection they would inherit.
+        connections.close_all()
+    return invocation_for(prompt="", model=model, route=route)
 
 
 # Longest a refill waits for other CLIs to finish (CliPoolWorkerMixin._cli_pool_backlog).
@@ -302,7 +158,7 @@ class CliPoolWorkerMixin:
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)  # type: ignore[misc]
-        self._cli_pool = CliPool.from_settings()
+        self._cli_pool = pool_from_settings()
         if self._cli_pool is not None:
             # Queries with no model and no MCP server are the common case: warm those from the start.
             self._cli_pool.want(DEFAULT_DESCRIPTOR)

@@ -11,9 +11,9 @@ from django.db import close_old_connections, connections
 from rq import SimpleWorker, Worker
 from rq.worker import WorkerStatus
 
-from queries import journal, services
+from queries import services, signals
 from queries.pool import CliPoolWorkerMixin
-from webhooks import services as webhook_services
+from queries.services import journal
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +22,9 @@ class GatewayWorker(CliPoolWorkerMixin, Worker):
     """rq's forking worker, plus: a work horse that dies mid-job fails its Job as ``worker_lost``.
 
     Without this the Job row would stay ``running`` with its dedup mark held until it expired.
-    It also runs the webhook sweeper every WEBHOOK_SWEEP_INTERVAL, so deliveries whose rq jobs were
-    lost (a Redis flush, no rq scheduler) still go out, and writes journaled cache hits to the database.
+    Every WEBHOOK_SWEEP_INTERVAL it sends ``queries.signals.worker_maintenance`` (the webhooks app
+    re-queues deliveries whose rq jobs were lost), writes journaled cache hits to the database and
+    fails the jobs of workers that died on this host.
     """
 
     @property
@@ -41,10 +42,8 @@ class GatewayWorker(CliPoolWorkerMixin, Worker):
         if time.monotonic() < getattr(self, "_next_sweep", 0.0):
             return
         self._next_sweep = time.monotonic() + settings.WEBHOOK_SWEEP_INTERVAL
-        try:
-            webhook_services.webhook_sweep_if_due()
-        except Exception:
-            logger.exception("the webhook sweep failed; the next one retries")
+        # The apps above queries hook in here (webhooks re-queue deliveries that are due).
+        signals.send(signals.worker_maintenance)
         try:
             # Web processes record cache hits as they come; this covers the time none is running.
             journal.journal_drain()

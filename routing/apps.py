@@ -6,6 +6,6 @@ class RoutingConfig(AppConfig):
     verbose_name = "Routing (intents and MCP servers)"
 
     def ready(self) -> None:
-        from routing.services import _connect_invalidation
+        from routing.services import routing_invalidation_connect
 
-        _connect_invalidation()
+        routing_invalidation_connect()

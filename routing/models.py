@@ -7,11 +7,12 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
+from routing.patterns import PatternError, compile_pattern
+
 # The CLI names a server's tools mcp__<name>__<tool>: keep names to characters that survive that.
 server_name_validator = RegexValidator(
     r"^[A-Za-z0-9_-]{1,64}$", "Letters, digits, _ and - only (the name appears in mcp__<name>__<tool>)."
 )
-PATTERN_MAX_CHARS = 4000
 FILESYSTEM_SERVER_MARKERS = ("mcp-server-filesystem", "@modelcontextprotocol/server-filesystem")
 
 
@@ -131,8 +132,6 @@ class IntentRule(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from routing.services import PatternError, compile_pattern
-
         try:
             compile_pattern(self.pattern)
         except PatternError as exc:

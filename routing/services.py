@@ -13,38 +13,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import re2
 from django.conf import settings
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
+from claude_cli.invocation import ClaudeInvocation, RunnerConfig, masked_mcp_config, preview_argv
+from routing.models import IntentRule, McpServer
+from routing.patterns import PatternError, compile_pattern
+
 GENERAL_INTENT = "general"
-_RE2_MAX_MEM = 8 << 20
-
-
-class PatternError(ValueError):
-    """An intent pattern RE2 refuses; the message says why."""
 
 
 class McpUnavailable(RuntimeError):
     """A server a job was routed to is gone or disabled."""
-
-
-def compile_pattern(pattern: str) -> Any:
-    """Compile an intent pattern as matching uses it (case-insensitive RE2), or raise PatternError."""
-    from routing.models import PATTERN_MAX_CHARS
-
-    if not pattern or not pattern.strip():
-        raise PatternError("The pattern is empty.")
-    if len(pattern) > PATTERN_MAX_CHARS:
-        raise PatternError(f"The pattern is longer than {PATTERN_MAX_CHARS} characters.")
-    options = re2.Options()
-    options.case_sensitive = False
-    options.max_mem = _RE2_MAX_MEM
-    options.log_errors = False
-    try:
-        return re2.compile(pattern, options)
-    except re2.error as exc:
-        raise PatternError(f"Not a valid RE2 regular expression: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -121,8 +101,6 @@ class _RuleCache:
 
 
 def _load_rules() -> list[_Rule]:
-    from routing.models import IntentRule
-
     rules = []
     for rule in IntentRule.objects.filter(enabled=True).prefetch_related("servers").order_by("order", "name"):
         try:
@@ -148,9 +126,8 @@ def routing_invalidate(**kwargs: Any) -> None:
     _cache.invalidate()
 
 
-def _connect_invalidation() -> None:
-    from routing.models import IntentRule, McpServer
-
+def routing_invalidation_connect() -> None:
+    """Drop compiled rules in this process whenever a rule or server is saved or deleted."""
     for model in (IntentRule, McpServer):
         post_save.connect(routing_invalidate, sender=model, dispatch_uid=f"routing-save-{model.__name__}")
         post_delete.connect(routing_invalidate, sender=model, dispatch_uid=f"routing-delete-{model.__name__}")
@@ -170,8 +147,6 @@ def route_for_job(*, intent: str, server_names: list[str]) -> Route:
     Only server names are stored on jobs (never their secrets); a server that was removed or
     disabled since the job was routed raises McpUnavailable rather than running with other tools.
     """
-    from routing.models import IntentRule, McpServer
-
     rule = IntentRule.objects.filter(name=intent).only("cache_ttl").first()
     cache_ttl = rule.cache_ttl if rule is not None else None
     if not server_names:
@@ -204,22 +179,19 @@ class RoutePreview:
 
 def route_preview(*, query: str) -> RoutePreview:
     """Route a query as a submission would and show the CLI argv a worker would run, secrets masked."""
-    from queries import runner
-    from routing.models import IntentRule
-
     route = route_query(query=query)
     rule = IntentRule.objects.filter(name=route.intent).only("order").first()
-    invocation = runner.ClaudeInvocation(
+    invocation = ClaudeInvocation(
         prompt=query,
         mcp_config=route.mcp_config(),
         allowed_tools=route.allowed_tools(),
         workdir=route.workdir,
     )
-    config = runner.RunnerConfig.from_settings()
+    config = RunnerConfig.from_settings(settings)
     return RoutePreview(
         route=route,
         rule_order=rule.order if rule is not None else None,
-        argv=runner.preview_argv(invocation, config),
-        mcp_config=runner.masked_mcp_config(route.mcp_config()),
+        argv=preview_argv(invocation, config),
+        mcp_config=masked_mcp_config(route.mcp_config()),
         workdir=str(route.workdir or config.workdir or ""),
     )

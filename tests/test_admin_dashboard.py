@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.test import Client
 from rq import Worker
 
-from core.dashboard import dashboard_figures
 from core.redis import redis_client
 from queries.models import Job, QueryRequest
+from queries.services import dashboard_figures
 from tests.admin_factories import JobFactory, RequestFactory, backdate, failed_job
 
 # Transactional: django-rq enqueues when the transaction commits.

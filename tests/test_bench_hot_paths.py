@@ -15,8 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from core.redis import redis_client
-from queries import auth, journal, services
+from queries import auth, services
 from queries.models import ApiKey, Job, QueryRequest
+from queries.services import journal, run
 from tests.conftest import run_queued_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -114,7 +115,7 @@ def test_unknown_keys_are_not_cached():
 
 
 def test_queues_are_created_once_per_process(fake_claude):
-    services._queues.clear()
+    run._queues.clear()
     with mock.patch("django_rq.get_queue", wraps=__import__("django_rq").get_queue) as get_queue:
         for i in range(3):
             services.query_submit(api_key=None, query=f"queued {i}")

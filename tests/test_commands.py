@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from core.redis import redis_client
 from queries import services
 from queries.models import ApiKey, Job
+from queries.services import operations
 from tests.admin_factories import JobFactory, failed_job
 from tests.conftest import REPO, run_queued_jobs
 from tests.test_admin_operations import OTHER_KEYS, QUESTION, plain_hash, seed_cache, seed_other_keys
@@ -189,7 +190,7 @@ def test_retry_failed_exits_non_zero_when_a_retry_cannot_be_queued(monkeypatch):
     def refuse(*, job: Job) -> None:
         raise RedisConnectionError("connection refused")
 
-    monkeypatch.setattr(services, "job_enqueue", refuse)
+    monkeypatch.setattr(operations, "job_enqueue", refuse)
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(CommandError, match="1 of 1 failed job"):
         call_command("retry_failed", stdout=out, stderr=err)

@@ -7,8 +7,9 @@ import pytest
 from django.db import connection
 
 from core.redis import redis_client
-from queries import journal, services
+from queries import services
 from queries.models import Job, QueryRequest
+from queries.services import dedup, journal, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,7 +86,7 @@ def test_a_mark_naming_a_finished_job_is_dropped_and_a_new_job_made():
 
 
 def test_a_mark_naming_a_job_that_never_appeared_is_taken_over(monkeypatch):
-    monkeypatch.setattr(services, "DEDUP_JOIN_WAIT", 0.05)
+    monkeypatch.setattr(dedup, "DEDUP_JOIN_WAIT", 0.05)
     digest = services.query_hash(normalized="q", model=None, servers=[])
     redis_client().set(f"dedup:{digest}", "0b7e2a8e-2f6c-4d53-9d7c-3f1d2a8e0000", ex=300)
     submission = services.query_submit(api_key=None, query="q")
@@ -195,7 +196,7 @@ def test_an_answer_cached_between_lookup_and_claim_is_served_without_a_new_job(m
     )
     done.hash = services.query_hash(normalized="q", model=None, servers=[])
     done.save()
-    real_lookup = services._submit_from_cache
+    real_lookup = submit._submit_from_cache
     lookups = []
 
     def lookup_racing(**kwargs):
@@ -205,7 +206,7 @@ def test_an_answer_cached_between_lookup_and_claim_is_served_without_a_new_job(m
             return None
         return real_lookup(**kwargs)
 
-    monkeypatch.setattr(services, "_submit_from_cache", lookup_racing)
+    monkeypatch.setattr(submit, "_submit_from_cache", lookup_racing)
     submission = services.query_submit(api_key=None, query="q")
     assert submission.outcome == "cached" and submission.job_id == done.id
     assert Job.objects.count() == 1

@@ -1,4 +1,4 @@
-"""The cache-hit path ahead of Django (queries/hits.py) and the request journal (queries/journal.py).
+"""The cache-hit path ahead of Django (queries/hits.py) and the request journal (queries/services/journal.py).
 
 Requests go through the WSGI application that gunicorn serves (core.handlers), so the fast path is
 taken exactly as in production; Django's test client, which never takes it, gives the full path's
@@ -16,8 +16,10 @@ from django.utils import timezone
 
 from core.redis import redis_client
 from gateway_project.wsgi import application
-from queries import api, auth, journal, services
+from queries import api, auth, services
 from queries.models import ApiKey, Job, QueryRequest
+from queries.services import journal
+from routing.services import route_query
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,7 +44,7 @@ def wsgi_post(body: object, *, key: str | None, content_type: str = "application
 def cached(api_key):
     """An answer in the cache for QUERY, for the api_key fixture's key; returns (key row, key, job)."""
     row, key = api_key
-    route = services.route_query(query=QUERY)
+    route = route_query(query=QUERY)
     digest = services.query_hash(
         normalized=services.normalize_query(QUERY),
         model=None,

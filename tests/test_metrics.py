@@ -20,8 +20,8 @@ from redis import Redis
 
 from core import metrics, multiprocess
 from core.redis import redis_client
-from queries import journal
 from queries.models import Job, QueryRequest
+from queries.services import journal
 from tests.conftest import run_queued_jobs
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -112,12 +112,12 @@ def test_every_outcome_is_counted_once_and_matches_the_database(client, real_cla
 def test_a_job_that_fails_in_the_web_is_counted_too(client, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from queries import services
+    from queries.services import submit
 
     def refuse(*, job):
         raise RedisConnectionError("queue down")
 
-    monkeypatch.setattr(services, "job_enqueue", refuse)
+    monkeypatch.setattr(submit, "job_enqueue", refuse)
     assert post(client, {"query": "hello"}).status_code == 503
     assert value(scrape(), "claude_jobs_failed_total", reason="queue_unavailable") == 1
 

@@ -19,11 +19,14 @@ import django_rq
 import pytest
 import requests
 
+from claude_cli import runner
+from claude_cli.invocation import ClaudeInvocation, RunnerConfig, warm_key
+from claude_cli.pool import CliPool
+from claude_cli.warm import WarmProcess, start_warm
 from core.metrics import COUNTERS_KEY
 from core.redis import redis_client
-from queries import pool, runner, services
+from queries import pool, services
 from queries.models import Job
-from queries.runner import ClaudeInvocation, RunnerConfig
 from tests.conftest import FAKE_CLAUDE, real_claude_bin, wait_for
 from tests.test_e2e import group_members, wait_finished
 
@@ -83,7 +86,7 @@ def test_a_warm_cli_answers_one_prompt_from_stdin_and_exits(tmp_path):
     argv_file = tmp_path / "argv.json"
     config = fake_config(tmp_path, FAKE_CLAUDE_ARGV_FILE=str(argv_file))
     invocation = ClaudeInvocation(prompt="-- hello, warm --", model="sonnet")
-    warm = runner.start_warm(invocation, config)
+    warm = start_warm(invocation, config)
     outcome = runner.run_claude(invocation, config, warm=warm)
 
     assert outcome.ok and outcome.exit_code == 0 and outcome.pid == warm.pid
@@ -112,7 +115,7 @@ def test_a_warm_cli_gets_its_mcp_configuration_in_a_private_file_removed_after_t
         mcp_config={"mcpServers": {"github": {"command": "gh-mcp", "env": {"TOKEN": secret}}}},
         allowed_tools=("mcp__github",),
     )
-    warm = runner.start_warm(invocation, config)
+    warm = start_warm(invocation, config)
     path = Path(warm.mcp_config_path)
     assert path.stat().st_mode & 0o777 == 0o600 and secret in path.read_text()
     outcome = runner.run_claude(invocation, config, warm=warm)
@@ -126,7 +129,7 @@ def test_a_prompt_larger_than_a_pipe_buffer_reaches_the_warm_cli(tmp_path):
     config = fake_config(tmp_path)
     prompt = "x" * 300_000 + " ünïcode"
     outcome = runner.run_claude(
-        ClaudeInvocation(prompt=prompt), config, warm=runner.start_warm(ClaudeInvocation(prompt=""), config)
+        ClaudeInvocation(prompt=prompt), config, warm=start_warm(ClaudeInvocation(prompt=""), config)
     )
     assert outcome.ok and outcome.data["result"] == prompt
 
@@ -134,7 +137,7 @@ def test_a_prompt_larger_than_a_pipe_buffer_reaches_the_warm_cli(tmp_path):
 def test_a_warm_cli_that_died_before_its_prompt_gives_way_to_a_cold_start(tmp_path):
     argv_file = tmp_path / "argv.json"
     config = fake_config(tmp_path, FAKE_CLAUDE_ARGV_FILE=str(argv_file))
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     os.killpg(warm.pid, signal.SIGKILL)
     warm.proc.wait()
     outcome = runner.run_claude(ClaudeInvocation(prompt="after the warm one died"), config, warm=warm)
@@ -147,7 +150,7 @@ def test_warm_timeout_kills_the_whole_group(tmp_path, strays):
     pid_file = tmp_path / "grandchild.pid"
     config = fake_config(tmp_path, "hang", FAKE_CLAUDE_PID_FILE=str(pid_file))
     config = RunnerConfig(**{**config.__dict__, "timeout": 1.5})
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     strays.append(warm.pid)
     outcome = runner.run_claude(ClaudeInvocation(prompt="hang please"), config, warm=warm)
     assert not outcome.ok and outcome.error_type == "cli_timeout"
@@ -159,7 +162,7 @@ def test_warm_timeout_kills_the_whole_group(tmp_path, strays):
 def test_a_warm_cli_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, strays):
     config = fake_config(tmp_path, "ignore_term")
     config = RunnerConfig(**{**config.__dict__, "timeout": 1.0, "kill_grace": 0.5})
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     strays.append(warm.pid)
     outcome = runner.run_claude(ClaudeInvocation(prompt="stubborn"), config, warm=warm)
     assert outcome.error_type == "cli_timeout" and outcome.duration < 5
@@ -169,7 +172,7 @@ def test_a_warm_cli_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, str
 def test_should_cancel_stops_a_warm_cli_and_its_group(tmp_path, strays):
     pid_file = tmp_path / "grandchild.pid"
     config = fake_config(tmp_path, "hang", FAKE_CLAUDE_PID_FILE=str(pid_file))
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     strays.append(warm.pid)
     asked = time.monotonic() + 0.5
     outcome = runner.run_claude(
@@ -186,7 +189,7 @@ def test_should_cancel_stops_a_warm_cli_and_its_group(tmp_path, strays):
 def test_leftovers_of_a_warm_cli_that_answered_are_killed(tmp_path, strays):
     pid_file = tmp_path / "grandchild.pid"
     config = fake_config(tmp_path, "grandchild", FAKE_CLAUDE_PID_FILE=str(pid_file))
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     outcome = runner.run_claude(ClaudeInvocation(prompt="leave something behind"), config, warm=warm)
     grandchild = int(pid_file.read_text())
     strays.append(grandchild)
@@ -197,7 +200,7 @@ def test_leftovers_of_a_warm_cli_that_answered_are_killed(tmp_path, strays):
 # --- handed over across a fork, as the rq worker hands a warm CLI to its work horse -------------------
 
 
-def run_in_horse(warm: runner.WarmProcess, invocation: ClaudeInvocation, config: RunnerConfig, **kwargs):
+def run_in_horse(warm: WarmProcess, invocation: ClaudeInvocation, config: RunnerConfig, **kwargs):
     """Fork a 'work horse' that runs the warm CLI; the parent closes its pipe copies and reaps after."""
     pool.hand_over(warm)
     try:
@@ -222,13 +225,13 @@ def run_in_horse(warm: runner.WarmProcess, invocation: ClaudeInvocation, config:
 
 def test_a_horse_runs_the_warm_cli_its_worker_started_and_reads_its_exit_status(tmp_path):
     config = fake_config(tmp_path)
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     outcome = run_in_horse(warm, ClaudeInvocation(prompt="from the horse"), config)
     assert outcome.ok and outcome.exit_code == 0 and outcome.data["result"] == "from the horse"
     assert warm.proc.returncode == 0
 
     failing = fake_config(tmp_path, "is_error")
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), failing)
+    warm = start_warm(ClaudeInvocation(prompt=""), failing)
     outcome = run_in_horse(warm, ClaudeInvocation(prompt="x"), failing)
     assert outcome.error_type == "cli_error" and outcome.exit_code == 1  # read from /proc, not waited for
     assert "Not logged in" in outcome.error_message
@@ -238,7 +241,7 @@ def test_a_horse_times_out_a_warm_cli_and_kills_its_group(tmp_path, strays):
     pid_file = tmp_path / "grandchild.pid"
     config = fake_config(tmp_path, "hang", FAKE_CLAUDE_PID_FILE=str(pid_file))
     config = RunnerConfig(**{**config.__dict__, "timeout": 1.0})
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     strays.append(warm.pid)
     outcome = run_in_horse(warm, ClaudeInvocation(prompt="hang"), config)
     assert outcome.error_type == "cli_timeout"
@@ -248,7 +251,7 @@ def test_a_horse_times_out_a_warm_cli_and_kills_its_group(tmp_path, strays):
 
 def test_another_forked_child_does_not_keep_a_warm_cli_waiting(tmp_path, strays):
     """rq's scheduler is forked from a worker: it must not hold the idle CLIs' stdin open."""
-    cli_pool = pool.CliPool(config=fake_config(tmp_path), size=1, max_age=60, max_keys=2)
+    cli_pool = CliPool(config=fake_config(tmp_path), size=1, max_age=60, max_keys=2)
     try:
         cli_pool.want(pool.DEFAULT_DESCRIPTOR)
         cli_pool.fill()
@@ -273,8 +276,8 @@ def test_another_forked_child_does_not_keep_a_warm_cli_waiting(tmp_path, strays)
 
 
 @pytest.fixture
-def fake_pool(tmp_path) -> Iterator[pool.CliPool]:
-    cli_pool = pool.CliPool(config=fake_config(tmp_path), size=1, max_age=60, max_keys=2)
+def fake_pool(tmp_path) -> Iterator[CliPool]:
+    cli_pool = CliPool(config=fake_config(tmp_path), size=1, max_age=60, max_keys=2)
     yield cli_pool
     cli_pool.close()
 
@@ -304,7 +307,7 @@ def test_a_dead_warm_cli_is_never_handed_out_and_is_replaced(fake_pool):
 
 
 def test_a_stale_warm_cli_is_replaced(tmp_path):
-    cli_pool = pool.CliPool(config=fake_config(tmp_path), size=1, max_age=0.5, max_keys=2)
+    cli_pool = CliPool(config=fake_config(tmp_path), size=1, max_age=0.5, max_keys=2)
     try:
         cli_pool.want(pool.DEFAULT_DESCRIPTOR)
         cli_pool.fill()
@@ -322,14 +325,14 @@ def test_a_stale_warm_cli_is_replaced(tmp_path):
 
 
 def test_keys_nobody_uses_are_not_kept_warm(tmp_path):
-    cli_pool = pool.CliPool(config=fake_config(tmp_path), size=1, max_age=60, max_keys=2)
+    cli_pool = CliPool(config=fake_config(tmp_path), size=1, max_age=60, max_keys=2)
     try:
         for model in ("a", "b", "c"):
             cli_pool.want((model, ()))
             time.sleep(0.01)
         cli_pool.fill()
         assert {w.key for w in cli_pool.idle()} == {
-            runner.warm_key(ClaudeInvocation(prompt="", model=m), cli_pool.config) for m in ("b", "c")
+            warm_key(ClaudeInvocation(prompt="", model=m), cli_pool.config) for m in ("b", "c")
         }
         assert cli_pool.idle(("a", ())) == []
     finally:
@@ -349,19 +352,19 @@ def test_close_stops_every_idle_cli(fake_pool):
 
 def test_a_cli_that_cannot_start_leaves_the_pool_empty_and_jobs_cold(tmp_path):
     config = RunnerConfig(binary=str(tmp_path / "no-such-claude"), timeout=5, workdir=tmp_path / "work")
-    cli_pool = pool.CliPool(config=config, size=1, max_age=60, max_keys=2)
+    cli_pool = CliPool(config=config, size=1, max_age=60, max_keys=2)
     cli_pool.want(pool.DEFAULT_DESCRIPTOR)
     assert cli_pool.fill() == 0 and cli_pool.take(pool.DEFAULT_DESCRIPTOR) is None
 
 
 def test_no_pool_when_disabled_or_when_extra_args_set_a_format(settings):
     settings.CLAUDE_POOL_SIZE = 0
-    assert pool.CliPool.from_settings() is None
+    assert pool.pool_from_settings() is None
     settings.CLAUDE_POOL_SIZE = 2
     settings.CLAUDE_EXTRA_ARGS = ("--output-format", "stream-json")
-    assert pool.CliPool.from_settings() is None
+    assert pool.pool_from_settings() is None
     settings.CLAUDE_EXTRA_ARGS = ("--bare",)
-    assert pool.CliPool.from_settings().size == 2
+    assert pool.pool_from_settings().size == 2
 
 
 def test_the_job_meta_names_the_model_and_servers_only():
@@ -374,18 +377,18 @@ def test_the_job_meta_names_the_model_and_servers_only():
 def test_warm_keys_differ_by_every_option_but_the_prompt():
     config = RunnerConfig(binary="claude", timeout=5)
     base = ClaudeInvocation(prompt="a")
-    key = runner.warm_key(base, config)
-    assert runner.warm_key(ClaudeInvocation(prompt="b"), config) == key
-    assert runner.warm_key(ClaudeInvocation(prompt="a", model="opus"), config) != key
-    assert runner.warm_key(ClaudeInvocation(prompt="a", workdir="/srv/x"), config) != key
+    key = warm_key(base, config)
+    assert warm_key(ClaudeInvocation(prompt="b"), config) == key
+    assert warm_key(ClaudeInvocation(prompt="a", model="opus"), config) != key
+    assert warm_key(ClaudeInvocation(prompt="a", workdir="/srv/x"), config) != key
     with_server = ClaudeInvocation(
         prompt="a", mcp_config={"mcpServers": {"s": {"command": "x", "env": {"T": "1"}}}}
     )
     edited = ClaudeInvocation(
         prompt="a", mcp_config={"mcpServers": {"s": {"command": "x", "env": {"T": "2"}}}}
     )
-    assert runner.warm_key(with_server, config) != runner.warm_key(edited, config)
-    assert runner.warm_key(base, RunnerConfig(binary="claude", timeout=5, extra_args=("--bare",))) != key
+    assert warm_key(with_server, config) != warm_key(edited, config)
+    assert warm_key(base, RunnerConfig(binary="claude", timeout=5, extra_args=("--bare",))) != key
 
 
 # --- claiming in the horse: hits, misses, a CLI started with other options ----------------------------
@@ -399,7 +402,7 @@ def counters() -> dict[str, int]:
 def test_a_handed_cli_with_the_right_options_is_a_hit(tmp_path, db):
     config = fake_config(tmp_path)
     invocation = ClaudeInvocation(prompt="q")
-    warm = runner.start_warm(invocation, config)
+    warm = start_warm(invocation, config)
     pool.hand_over(warm)
     try:
         assert pool.pool_claim(invocation=invocation, config=config) is warm
@@ -411,7 +414,7 @@ def test_a_handed_cli_with_the_right_options_is_a_hit(tmp_path, db):
 
 def test_a_handed_cli_with_other_options_is_killed_and_the_job_starts_cold(tmp_path, db):
     config = fake_config(tmp_path)
-    warm = runner.start_warm(ClaudeInvocation(prompt="", model="haiku"), config)
+    warm = start_warm(ClaudeInvocation(prompt="", model="haiku"), config)
     pool.hand_over(warm)
     assert pool.pool_claim(invocation=ClaudeInvocation(prompt="q", model="opus"), config=config) is None
     wait_for(lambda: warm.proc.poll() is not None, timeout=5, message="the mismatched CLI to be killed")
@@ -443,7 +446,7 @@ def test_an_enqueued_job_carries_its_pool_descriptor():
 def test_the_real_cli_answers_warm_with_the_same_result_fields_as_cold(mock, tmp_path):
     config = real_config(mock, tmp_path)
     cold = runner.run_claude(ClaudeInvocation(prompt="What is 2+2?"), config)
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     hot = runner.run_claude(ClaudeInvocation(prompt="What is 2+2?"), config, warm=warm)
     assert cold.ok and hot.ok and hot.exit_code == 0
     assert hot.data["result"] == cold.data["result"] == "4"
@@ -457,11 +460,11 @@ def test_the_real_cli_answers_warm_with_the_same_result_fields_as_cold(mock, tmp
 @pytest.mark.e2e
 def test_the_real_cli_warm_in_a_horse_reports_upstream_errors_and_timeouts(mock, tmp_path, strays):
     config = real_config(mock, tmp_path, timeout=3.0)
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     outcome = run_in_horse(warm, ClaudeInvocation(prompt="[[mock:error=400]] refuse"), config)
     assert outcome.error_type == "cli_error" and outcome.exit_code == 1 and "400" in outcome.error_message
 
-    warm = runner.start_warm(ClaudeInvocation(prompt=""), config)
+    warm = start_warm(ClaudeInvocation(prompt=""), config)
     strays.append(warm.pid)
     outcome = run_in_horse(warm, ClaudeInvocation(prompt="[[mock:error=401]] hang on retries"), config)
     assert outcome.error_type == "cli_timeout"
@@ -483,7 +486,7 @@ def test_the_real_cli_warm_with_an_mcp_server_uses_its_tools(mock, tmp_path):
         mcp_config={"mcpServers": {"fs": {"command": "mcp-server-filesystem", "args": [str(served)]}}},
         allowed_tools=("mcp__fs",),
     )
-    warm = runner.start_warm(invocation, config)
+    warm = start_warm(invocation, config)
     outcome = runner.run_claude(invocation, config, warm=warm)
     assert outcome.ok, outcome.error_message
     assert "warm and served" in outcome.data["result"]

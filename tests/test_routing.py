@@ -11,8 +11,9 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
+from claude_cli.invocation import ClaudeInvocation, RunnerConfig, build_argv
 from core.redis import redis_client
-from queries import runner, services
+from queries import services
 from queries.models import Job
 from routing.models import IntentRule, McpServer
 from routing.services import (
@@ -133,10 +134,10 @@ def test_a_pathological_pattern_against_a_long_hostile_query_stays_fast():
 
 def test_cli_arguments_name_exactly_the_chosen_servers_and_allow_their_tools(seeded):
     route = route_query(query="call the api")
-    invocation = runner.ClaudeInvocation(
+    invocation = ClaudeInvocation(
         prompt="call the api", mcp_config=route.mcp_config(), allowed_tools=route.allowed_tools()
     )
-    argv = runner.build_argv(invocation, runner.RunnerConfig(binary="claude", timeout=5))
+    argv = build_argv(invocation, RunnerConfig(binary="claude", timeout=5))
     config = json.loads(argv[argv.index("--mcp-config") + 1])
     assert list(config["mcpServers"]) == ["fetch"]
     assert "--strict-mcp-config" in argv

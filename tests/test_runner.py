@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from queries.runner import (
+from claude_cli.invocation import (
     CLI_ERROR_TYPES,
     ClaudeInvocation,
     ClaudeOutcome,
     RunnerConfig,
     build_argv,
     preview_argv,
-    run_claude,
 )
+from claude_cli.runner import run_claude
 
 FAKE_CLAUDE = Path(__file__).parent / "fake_claude" / "claude"
 REAL_CLAUDE = Path(__file__).resolve().parent.parent / "node_tools" / "node_modules" / ".bin" / "claude"

@@ -357,10 +357,10 @@ def test_only_64_kib_of_a_response_is_read_and_an_excerpt_kept(hooks, db):
 
 
 def test_the_http_seam_reads_at_most_64_kib(hooks):
-    from webhooks import http
+    from core import outbound
 
     with Receiver([Reply(200, body=b"y" * (1024 * 1024))]) as receiver:
-        result = http.post(url=receiver.url(), body=b"{}", headers={}, timeout=5, allow_private=True)
+        result = outbound.post(url=receiver.url(), body=b"{}", headers={}, timeout=5, allow_private=True)
     assert result.status == 200 and len(result.body) == 64 * 1024
 
 

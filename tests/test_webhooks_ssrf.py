@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from core import outbound
 from queries.models import Job, QueryRequest
 from tests.conftest import run_queued_jobs
 from tests.test_webhooks import SECRET, RequestFactory, verify
 from tests.webhook_receiver import Receiver
-from webhooks import http, services
+from webhooks import services
 from webhooks.models import WebhookDelivery
 
 PUBLIC = ipaddress.ip_address("93.184.216.34")
@@ -102,7 +103,7 @@ def refused_urls(port: int) -> list[str]:
     except OSError:
         addresses = set()
     if addresses and not all(
-        http.address_is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses
+        outbound.address_is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses
     ):
         urls.append(f"http://{name}:{port}/hook")
     return urls
@@ -119,7 +120,7 @@ def test_every_non_public_target_is_refused_at_submit(strict, client, canary):
 
 def test_every_non_public_target_is_refused_at_connect(strict, db, canary):
     for url in refused_urls(canary.port):
-        result = http.post(url=url, body=b"{}", headers={}, timeout=3, allow_private=False)
+        result = outbound.post(url=url, body=b"{}", headers={}, timeout=3, allow_private=False)
         assert result.refused and result.status is None and result.address == "", url
         assert result.error.startswith("refused: the URL"), (url, result.error)
 
@@ -137,18 +138,18 @@ def test_a_delivery_to_a_non_public_target_fails_at_once_without_a_connection(st
 
 def test_public_addresses_pass_the_check():
     for address in ("93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:93.184.216.34"):
-        assert http.address_is_public(ipaddress.ip_address(address)), address
-    services.webhook_url_check("https://93.184.216.34:8443/hooks?x=1", allow_private=False)
-    services.webhook_url_check("http://[2606:4700:4700::1111]/", allow_private=False)
+        assert outbound.address_is_public(ipaddress.ip_address(address)), address
+    outbound.url_check("https://93.184.216.34:8443/hooks?x=1", allow_private=False)
+    outbound.url_check("http://[2606:4700:4700::1111]/", allow_private=False)
 
 
 def test_allow_private_lifts_the_address_policy_but_not_the_url_rules(settings):
     settings.WEBHOOK_ALLOW_PRIVATE = True
-    services.webhook_url_check("http://127.0.0.1:8080/hook")
-    services.webhook_url_check("http://localhost/hook")
+    outbound.url_check("http://127.0.0.1:8080/hook")
+    outbound.url_check("http://localhost/hook")
     for url in ("ftp://127.0.0.1/", "http://user@127.0.0.1/", "http:///x", "http://a b/"):
-        with pytest.raises(services.UnsafeWebhookUrl):
-            services.webhook_url_check(url)
+        with pytest.raises(outbound.UnsafeUrl):
+            outbound.url_check(url)
 
 
 class Rebinding:
@@ -160,7 +161,7 @@ class Rebinding:
 
     def __call__(self, host: str, port: int) -> list:
         self.calls.append(host)
-        literal = http.literal_address(host)
+        literal = outbound.literal_address(host)
         if literal is not None:
             return [literal]
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
@@ -169,7 +170,7 @@ class Rebinding:
 def test_a_name_rebound_to_loopback_after_submit_is_refused_at_send(strict, client, canary, monkeypatch):
     loopback = ipaddress.ip_address("127.0.0.1")
     dns = Rebinding([PUBLIC], [loopback])
-    monkeypatch.setattr(http, "resolve_addresses", dns)
+    monkeypatch.setattr(outbound, "resolve_addresses", dns)
     url = f"http://hooks.example.test:{canary.port}/hook"
     response = client.post("/api/query", {"query": "x", "webhookUrl": url}, format="json")
     assert response.status_code == 202, response.content
@@ -187,8 +188,8 @@ def test_a_name_rebound_to_loopback_after_submit_is_refused_at_send(strict, clie
 
 
 def test_a_name_with_one_private_address_among_public_ones_is_refused(strict, monkeypatch, canary):
-    monkeypatch.setattr(http, "resolve_addresses", Rebinding([PUBLIC, ipaddress.ip_address("127.0.0.1")]))
-    result = http.post(
+    monkeypatch.setattr(outbound, "resolve_addresses", Rebinding([PUBLIC, ipaddress.ip_address("127.0.0.1")]))
+    result = outbound.post(
         url=f"http://mixed.example.test:{canary.port}/",
         body=b"{}",
         headers={},
@@ -200,7 +201,9 @@ def test_a_name_with_one_private_address_among_public_ones_is_refused(strict, mo
 
 @pytest.mark.django_db(transaction=True)
 def test_the_whole_pipeline_never_reaches_a_rebound_canary(strict, real_claude, client, canary, monkeypatch):
-    monkeypatch.setattr(http, "resolve_addresses", Rebinding([PUBLIC], [ipaddress.ip_address("127.0.0.1")]))
+    monkeypatch.setattr(
+        outbound, "resolve_addresses", Rebinding([PUBLIC], [ipaddress.ip_address("127.0.0.1")])
+    )
     url = f"http://hooks.example.test:{canary.port}/hook"
     response = client.post("/api/query", {"query": "What is 2+2?", "webhookUrl": url}, format="json")
     assert response.status_code == 202
@@ -214,7 +217,7 @@ def test_the_connection_goes_to_the_checked_address_with_the_names_host_header(s
     settings.WEBHOOK_ALLOW_PRIVATE = True
     settings.WEBHOOK_SECRET = SECRET
     dns = Rebinding([ipaddress.ip_address("127.0.0.1")], [ipaddress.ip_address("10.9.9.9")])
-    monkeypatch.setattr(http, "resolve_addresses", dns)
+    monkeypatch.setattr(outbound, "resolve_addresses", dns)
     with Receiver() as receiver:
         request = RequestFactory(webhook_url=f"http://hooks.example.test:{receiver.port}/hook")
         services.webhook_on_job_finished(job=request.job)
@@ -265,14 +268,14 @@ def test_https_to_the_checked_address_sends_sni_and_verifies_the_name(settings, 
     server.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
     server.sni_callback = lambda sock, name, ctx: server_names.append(name)
     trusting = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
-    monkeypatch.setattr(http, "tls_context", lambda: trusting)
-    monkeypatch.setattr(http, "resolve_addresses", Rebinding([ipaddress.ip_address("127.0.0.1")]))
+    monkeypatch.setattr(outbound, "tls_context", lambda: trusting)
+    monkeypatch.setattr(outbound, "resolve_addresses", Rebinding([ipaddress.ip_address("127.0.0.1")]))
 
     with Receiver(tls=server) as receiver:
-        ok = http.post(
+        ok = outbound.post(
             url=receiver.url(host="hooks.example.test"), body=b"{}", headers={}, timeout=5, allow_private=True
         )
-        wrong = http.post(
+        wrong = outbound.post(
             url=receiver.url(host="other.example.test"), body=b"{}", headers={}, timeout=5, allow_private=True
         )
     assert ok.status == 200 and ok.address == "127.0.0.1"

@@ -23,13 +23,10 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.job import JobStatus
 
-from core import metrics
+from core import metrics, outbound
 from core.redis import redis_client
 from queries.models import ApiKey, Job, QueryRequest
-from webhooks import http, signing
-
-# Re-exported: the API's validation catches it from here, beside webhook_url_check.
-from webhooks.http import UnsafeWebhookUrl as UnsafeWebhookUrl
+from webhooks import signing
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSecret
 
 logger = logging.getLogger(__name__)
@@ -47,27 +44,6 @@ SECRET_ROTATION_GRACE = timedelta(hours=24)
 # The sweeper also creates deliveries that a crash kept from being created, for requests this recent.
 MISSING_DELIVERY_WINDOW = timedelta(days=1)
 SWEEP_BATCH = 500
-
-
-# --- URL safety --------------------------------------------------------------------------------------
-
-
-def webhook_url_check(url: str, *, allow_private: bool | None = None, resolve: bool = True) -> None:
-    """Raise UnsafeWebhookUrl unless ``url`` is an http(s) URL whose host is a public address.
-
-    Loopback, private, link-local (169.254.169.254 included), CGNAT, unspecified, multicast and
-    IPv4-in-IPv6 targets are refused, as are numeric IPv4 spellings and user@host, unless
-    WEBHOOK_ALLOW_PRIVATE is on. Names are resolved and every address must be public. The send checks
-    again and connects to the address it checked (``webhooks.http.post``).
-    """
-    if allow_private is None:
-        allow_private = settings.WEBHOOK_ALLOW_PRIVATE
-    target = http.webhook_target(url)
-    if allow_private:
-        return
-    http.host_check(target.host)
-    if resolve:
-        http.checked_addresses(target, allow_private=False)
 
 
 # --- creating deliveries -----------------------------------------------------------------------------
@@ -277,7 +253,7 @@ def webhook_delivery_attempt(*, delivery_id: uuid.UUID | str) -> WebhookAttempt 
         started_at=timezone.now(),
     )
 
-    result = http.post(
+    result = outbound.post(
         url=delivery.url,
         body=body,
         headers=headers,
@@ -298,7 +274,7 @@ def webhook_delivery_attempt(*, delivery_id: uuid.UUID | str) -> WebhookAttempt 
     return attempt
 
 
-def _attempt_error(result: http.HttpResult) -> str:
+def _attempt_error(result: outbound.HttpResult) -> str:
     status = result.status
     if status is None:
         return result.error
@@ -309,7 +285,7 @@ def _attempt_error(result: http.HttpResult) -> str:
     return result.error
 
 
-def _settle(*, delivery: WebhookDelivery, result: http.HttpResult, error: str) -> None:
+def _settle(*, delivery: WebhookDelivery, result: outbound.HttpResult, error: str) -> None:
     now = timezone.now()
     delivery.last_status_code = result.status
     delivery.last_error = error if not (result.status and 200 <= result.status < 300) else ""

@@ -7,8 +7,10 @@ from dataclasses import replace
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from claude_cli.invocation import ClaudeInvocation
+from claude_cli.runner import run_claude
 from core.health import cli_version
-from queries import runner
+from queries.pool import runner_config
 
 PROMPT = "Reply with the single word: ok"
 
@@ -35,8 +37,8 @@ class Command(BaseCommand):
             raise CommandError(f"{path} did not report a version (`{path} --version` failed).")
         self.stdout.write(f"version: {version}")
 
-        config = replace(runner.RunnerConfig.from_settings(), binary=path, timeout=timeout)
-        outcome = runner.run_claude(runner.ClaudeInvocation(prompt=prompt), config)
+        config = replace(runner_config(), binary=path, timeout=timeout)
+        outcome = run_claude(ClaudeInvocation(prompt=prompt), config)
         if not outcome.ok:
             raise CommandError(f"The CLI did not answer ({outcome.error_type}): {outcome.error_message}")
         data = outcome.data or {}

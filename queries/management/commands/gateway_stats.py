@@ -7,7 +7,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
-from core.dashboard import dashboard_figures
+from queries.services import dashboard_figures
 
 
 class Command(BaseCommand):

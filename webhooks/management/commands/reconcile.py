@@ -9,8 +9,8 @@ from types import FrameType
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
-from queries.journal import journal_drain
 from queries.services import job_reconcile_stale, jobs_requeue_lost
+from queries.services.journal import journal_drain
 from webhooks.services import webhook_deliveries_sweep
 
 

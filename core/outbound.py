@@ -1,6 +1,6 @@
-"""The one way out for webhooks: URL safety (SSRF) and the HTTP POST itself.
+"""The one way out: URL safety (SSRF) and the HTTP POST itself, for webhooks and anything else.
 
-Every webhook request goes through ``post``. It resolves the host once, refuses non-public addresses
+Every outbound request goes through ``post``. It resolves the host once, refuses non-public addresses
 (unless WEBHOOK_ALLOW_PRIVATE), and connects to the address it checked, so a name that resolves to a
 public address at the check and to a private one a moment later (DNS rebinding) cannot redirect it.
 The Host header and, for https, the SNI name and certificate check still use the URL's host name.
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-WEBHOOK_URL_MAX_CHARS = 2048
+from django.conf import settings
+
+URL_MAX_CHARS = 2048
 RESPONSE_MAX_BYTES = 64 * 1024
 USER_AGENT = "claude-gateway-webhooks/1"
 
@@ -33,11 +35,11 @@ _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$
 _EMBEDS_IPV4 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b::/96"))
 
 
-class UnsafeWebhookUrl(ValueError):
-    """The URL may not receive webhooks; the message says why."""
+class UnsafeUrl(ValueError):
+    """The URL may not be called; the message says why."""
 
 
-class HostDoesNotResolve(UnsafeWebhookUrl):
+class HostDoesNotResolve(UnsafeUrl):
     """The host name has no address right now: refused at submit, retried at send."""
 
 
@@ -62,30 +64,30 @@ def address_is_public(address: IPAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def webhook_target(url: str) -> Target:
-    """Parse a webhook URL, refusing what is malformed or ambiguous (no DNS, no address policy)."""
-    if len(url) > WEBHOOK_URL_MAX_CHARS:
-        raise UnsafeWebhookUrl(f"must be at most {WEBHOOK_URL_MAX_CHARS} characters")
+def url_target(url: str) -> Target:
+    """Parse an outbound URL, refusing what is malformed or ambiguous (no DNS, no address policy)."""
+    if len(url) > URL_MAX_CHARS:
+        raise UnsafeUrl(f"must be at most {URL_MAX_CHARS} characters")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise UnsafeWebhookUrl("must not contain whitespace or control characters")
+        raise UnsafeUrl("must not contain whitespace or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UnsafeWebhookUrl(f"is not a valid URL ({exc})") from None
+        raise UnsafeUrl(f"is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https"):
-        raise UnsafeWebhookUrl("must use http or https")
+        raise UnsafeUrl("must use http or https")
     # user@host: the part before @ is what a reader takes for the host, the part after is where the
     # request goes. A backslash is read as a path separator by some parsers and not by others.
     if "@" in parts.netloc or "\\" in url:
-        raise UnsafeWebhookUrl("must not contain credentials (user@host) or backslashes")
+        raise UnsafeUrl("must not contain credentials (user@host) or backslashes")
     host = (parts.hostname or "").rstrip(".")
     if not host:
-        raise UnsafeWebhookUrl("must name a host")
+        raise UnsafeUrl("must name a host")
     if "%" in host:
-        raise UnsafeWebhookUrl("must not percent-encode the host or give an IPv6 zone")
+        raise UnsafeUrl("must not percent-encode the host or give an IPv6 zone")
     if port == 0:
-        raise UnsafeWebhookUrl("must not use port 0")
+        raise UnsafeUrl("must not use port 0")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -106,13 +108,13 @@ def host_check(host: str) -> None:
     literal = literal_address(host)
     if literal is not None:
         if not address_is_public(literal):
-            raise UnsafeWebhookUrl(f"points to a non-public address ({literal})")
+            raise UnsafeUrl(f"points to a non-public address ({literal})")
         return
     if _NUMERIC_HOST.match(host):
-        raise UnsafeWebhookUrl("uses a numeric host spelling that is not a plain IP address")
+        raise UnsafeUrl("uses a numeric host spelling that is not a plain IP address")
     lowered = host.lower()
     if lowered == "localhost" or lowered.endswith(".localhost"):
-        raise UnsafeWebhookUrl("points to localhost")
+        raise UnsafeUrl("points to localhost")
 
 
 def resolve_addresses(host: str, port: int) -> list[IPAddress]:
@@ -142,8 +144,26 @@ def checked_addresses(target: Target, *, allow_private: bool) -> list[IPAddress]
     if not allow_private:
         for address in addresses:
             if not address_is_public(address):
-                raise UnsafeWebhookUrl(f"host {target.host!r} resolves to a non-public address ({address})")
+                raise UnsafeUrl(f"host {target.host!r} resolves to a non-public address ({address})")
     return addresses
+
+
+def url_check(url: str, *, allow_private: bool | None = None, resolve: bool = True) -> None:
+    """Raise UnsafeUrl unless ``url`` is an http(s) URL whose host is a public address.
+
+    Loopback, private, link-local (169.254.169.254 included), CGNAT, unspecified, multicast and
+    IPv4-in-IPv6 targets are refused, as are numeric IPv4 spellings and user@host, unless
+    WEBHOOK_ALLOW_PRIVATE is on. Names are resolved and every address must be public. ``post`` checks
+    again and connects to the address it checked.
+    """
+    if allow_private is None:
+        allow_private = settings.WEBHOOK_ALLOW_PRIVATE
+    target = url_target(url)
+    if allow_private:
+        return
+    host_check(target.host)
+    if resolve:
+        checked_addresses(target, allow_private=False)
 
 
 @lru_cache(maxsize=1)
@@ -210,11 +230,11 @@ def post(
         return int((time.monotonic() - started) * 1000)
 
     try:
-        target = webhook_target(url)
+        target = url_target(url)
         addresses = checked_addresses(target, allow_private=allow_private)
     except HostDoesNotResolve as exc:
         return HttpResult(status=None, error=str(exc), duration_ms=elapsed_ms())
-    except UnsafeWebhookUrl as exc:
+    except UnsafeUrl as exc:
         return HttpResult(
             status=None, error=f"refused: the URL {exc}", refused=True, duration_ms=elapsed_ms()
         )

@@ -34,6 +34,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -41,10 +42,12 @@ from core import metrics
 from core.redis import redis_client
 from queries.auth import KEYS_VERSION_KEY
 from queries.models import ApiKey, Job, QueryRequest
+from queries.services.cache import cache_entry_purge
 
 logger = logging.getLogger(__name__)
 
-STREAM_KEY = metrics.REQUEST_JOURNAL_KEY
+# Cache hits answered but not yet written to the database.
+STREAM_KEY = "journal:requests"
 GROUP = "recorders"
 BATCH = 500
 # An entry a recorder read but did not acknowledge for this long is taken over by another recorder.
@@ -70,15 +73,6 @@ if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[2], 1) end
 return entry
 """
 _scripts: dict[int, Any] = {}
-CACHE_KEY = "claude:{}"
-# KEYS[1] a cache entry; ARGV[1] a job id: delete the entry if it still names that job.
-_PURGE_SCRIPT = """
-local entry = redis.call('GET', KEYS[1])
-if not entry then return 0 end
-local ok, decoded = pcall(cjson.decode, entry)
-if ok and type(decoded) == 'table' and decoded['jobId'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def _hit_script(redis: Redis) -> Any:
@@ -249,11 +243,6 @@ def _stale_entries_purge(records: list[dict[str, Any]]) -> None:
             cache_entry_purge(query_hash=record["hash"], job_id=record["jobId"])
 
 
-def cache_entry_purge(*, query_hash: str, job_id: str) -> bool:
-    """Delete the cache entry of ``query_hash`` if it names ``job_id``; True if it did."""
-    return bool(redis_client().eval(_PURGE_SCRIPT, 1, CACHE_KEY.format(query_hash), job_id))
-
-
 def journal_flush(*, consumer: str | None = None, block_ms: int | None = None, count: int = BATCH) -> int:
     """Write one batch of journaled requests to the database; the number of entries handled.
 
@@ -370,3 +359,33 @@ def recorder_stop() -> None:
     recorder = _recorder
     if recorder is not None and recorder.pid == os.getpid():
         recorder.stop()
+
+
+# --- the backlog on /metrics ------------------------------------------------------------------------
+
+_GAUGE_HELP = {
+    "claude_request_journal_pending": "Cache hits answered and journaled, not yet written to the database.",
+    "claude_request_journal_oldest_seconds": "Seconds the oldest journaled cache hit has waited (0 if none).",
+}
+
+
+def _backlog_read(pipe: Any) -> int:
+    pipe.xlen(STREAM_KEY)
+    pipe.xrange(STREAM_KEY, count=1)
+    return 2
+
+
+def _backlog_gauges(replies: list[Any], now: float) -> list[Metric]:
+    length, first = replies
+    oldest = 0.0
+    if first:
+        first_ms = int(first[0][0].split(b"-")[0])
+        oldest = max(0.0, now - first_ms / 1000)
+    return [
+        GaugeMetricFamily(name, help_text, value=value)
+        for (name, help_text), value in zip(_GAUGE_HELP.items(), (length, oldest), strict=True)
+    ]
+
+
+# Registered with core.metrics by QueriesConfig.ready.
+BACKLOG_SCRAPE = metrics.ScrapeSource(read=_backlog_read, gauges=_backlog_gauges)

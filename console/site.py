@@ -1,8 +1,7 @@
 """The admin site: the operators' dashboard on its index page, and the cache page.
 
-``GatewayAdminConfig`` replaces ``django.contrib.admin`` in INSTALLED_APPS so that ``admin.site`` (and
-every ``@admin.register``) is this site. Nothing here imports models at module level: the app
-registry imports this module while it is still loading.
+``console.apps.GatewayAdminConfig`` replaces ``django.contrib.admin`` in INSTALLED_APPS so that
+``admin.site`` (and every ``@admin.register``) is this site.
 """
 
 from __future__ import annotations
@@ -11,12 +10,16 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.admin.apps import AdminConfig
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from redis.exceptions import RedisError
+
+from console.charts import dashboard_charts
+from queries import services
 
 PURGE_PERMISSION = "queries.change_job"
 
@@ -27,12 +30,10 @@ class GatewayAdminSite(admin.AdminSite):
     index_title = "Dashboard"
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        from core.dashboard import dashboard_charts, dashboard_figures
-
         context: dict[str, Any] = {}
         try:
             # The cache count walks Redis's keyspace; it is on the cache page, not on every index load.
-            figures = dashboard_figures(include_cache=False)
+            figures = services.dashboard_figures(include_cache=False)
             context.update(dashboard=figures, charts=dashboard_charts(figures))
         except RedisError as exc:
             context["dashboard_error"] = f"Redis is unavailable: {exc}"
@@ -47,9 +48,6 @@ class GatewayAdminSite(admin.AdminSite):
 
     def cache_view(self, request: HttpRequest) -> HttpResponse:
         """Cached answers and memory, the hit ratio, and purging by hash (POST)."""
-        from core.dashboard import cache_figures, request_figures
-        from queries import services
-
         if request.method == "POST" and request.POST.get("hash") is not None:
             if not request.user.has_perm(PURGE_PERMISSION):
                 messages.error(request, "Purging the cache needs the permission to change jobs.")
@@ -73,19 +71,16 @@ class GatewayAdminSite(admin.AdminSite):
             **self.each_context(request),
             "title": "Cache",
             "can_purge": request.user.has_perm(PURGE_PERMISSION),
-            "requests": request_figures(since=timezone.now() - timedelta(hours=24)),
+            "requests": services.request_figures(since=timezone.now() - timedelta(hours=24)),
         }
         try:
-            context["cache"] = cache_figures()
+            context["cache"] = services.cache_figures()
         except RedisError as exc:
             context["cache_error"] = f"Redis is unavailable: {exc}"
         return TemplateResponse(request, "admin/cache.html", context)
 
     def cache_purge_all_view(self, request: HttpRequest) -> HttpResponse:
         """GET: a confirmation page naming how many answers would go; POST: purge them all."""
-        from core.dashboard import cache_figures
-        from queries import services
-
         if not request.user.has_perm(PURGE_PERMISSION):
             messages.error(request, "Purging the cache needs the permission to change jobs.")
             return HttpResponseRedirect(reverse("admin:cache"))
@@ -100,21 +95,14 @@ class GatewayAdminSite(admin.AdminSite):
             return HttpResponseRedirect(reverse("admin:cache"))
         context: dict[str, Any] = {**self.each_context(request), "title": "Purge the whole cache?"}
         try:
-            context["cache"] = cache_figures()
+            context["cache"] = services.cache_figures()
         except RedisError as exc:
             context["cache_error"] = f"Redis is unavailable: {exc}"
         return TemplateResponse(request, "admin/cache_purge_all.html", context)
 
 
-class GatewayAdminConfig(AdminConfig):
-    default_site = "core.admin.GatewayAdminSite"
-
-
 def log_operation(request: HttpRequest, message: str, *, obj: Any = None, repr_: str = "") -> None:
     """Record an operator's action in the admin log ("Recent actions", the LogEntry table)."""
-    from django.contrib.admin.models import CHANGE, LogEntry
-    from django.contrib.contenttypes.models import ContentType
-
     LogEntry.objects.create(
         user_id=request.user.pk,
         content_type=ContentType.objects.get_for_model(obj, for_concrete_model=False) if obj else None,

@@ -1,0 +1,200 @@
+"""What one CLI run is, how the runner is configured, the argv built from both, and the outcome."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+CliErrorType = Literal["cli_timeout", "cli_error", "cli_output_invalid", "cli_not_found", "cancelled"]
+CLI_ERROR_TYPES: tuple[CliErrorType, ...] = (
+    "cli_timeout",
+    "cli_error",
+    "cli_output_invalid",
+    "cli_not_found",
+    "cancelled",
+)
+
+NONESSENTIAL_TRAFFIC_VAR = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
+DEFAULT_MAX_OUTPUT_BYTES = 10 * 1024 * 1024
+_MASK = "***"
+# stdio servers take secrets in env, http and sse servers in headers (Authorization).
+_SECRET_SERVER_KEYS = ("env", "headers")
+
+
+@dataclass(frozen=True)
+class ClaudeInvocation:
+    """One CLI run: the prompt verbatim, plus the model and MCP servers that routing chose."""
+
+    prompt: str
+    model: str | None = None
+    mcp_config: dict[str, Any] | None = None
+    allowed_tools: tuple[str, ...] = ()
+    # Overrides RunnerConfig.workdir: the filesystem MCP server serves the CLI's working directory.
+    workdir: str | None = None
+
+    def __repr__(self) -> str:
+        # MCP server env values and headers hold tokens and passwords; repr ends up in logs and tracebacks.
+        return (
+            f"ClaudeInvocation(prompt={self.prompt!r}, model={self.model!r}, "
+            f"mcp_config={masked_mcp_config(self.mcp_config)!r}, allowed_tools={self.allowed_tools!r}, "
+            f"workdir={self.workdir!r})"
+        )
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    binary: str
+    timeout: float
+    kill_grace: float = 5.0
+    workdir: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    # The environment holds ANTHROPIC_API_KEY: keep it out of repr.
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    disable_nonessential_traffic: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RunnerConfig:
+        """The configuration from an object with the CLAUDE_* attributes (Django's settings)."""
+        workdir = getattr(settings, "CLAUDE_WORKDIR", None)
+        return cls(
+            binary=getattr(settings, "CLAUDE_BIN", "claude"),
+            timeout=float(getattr(settings, "CLAUDE_TIMEOUT", 120.0)),
+            kill_grace=float(getattr(settings, "CLAUDE_KILL_GRACE", 5.0)),
+            workdir=Path(workdir) if workdir else None,
+            extra_args=tuple(getattr(settings, "CLAUDE_EXTRA_ARGS", ())),
+            max_output_bytes=int(getattr(settings, "CLAUDE_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES)),
+            disable_nonessential_traffic=bool(getattr(settings, "CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC", True)),
+        )
+
+
+@dataclass(frozen=True)
+class ClaudeOutcome:
+    ok: bool
+    error_type: CliErrorType | None
+    error_message: str
+    data: dict[str, Any] | None
+    exit_code: int | None
+    stderr: str
+    duration: float
+    pid: int | None
+
+
+def build_argv(
+    invocation: ClaudeInvocation, config: RunnerConfig, *, mcp_config_path: str | None = None
+) -> list[str]:
+    """The CLI's argv. The prompt always follows ``--``: ``--allowedTools`` and ``--mcp-config``
+    take several values and would otherwise swallow it, and a prompt starting with ``-`` would be
+    read as an option.
+
+    ``--strict-mcp-config`` is always given: without it the CLI adds the MCP servers of the user's
+    and the project's own configuration, so a query routed to no server would still get tools.
+    The MCP configuration goes in as a file when ``mcp_config_path`` is given (run_claude does so:
+    argv is readable by every local user through ps, and server env values hold secrets), else
+    inline as JSON.
+    """
+    argv = [config.binary, "--print", "--output-format", "json"]
+    if invocation.model:
+        argv += ["--model", invocation.model]
+    if invocation.mcp_config and invocation.mcp_config.get("mcpServers"):
+        argv += ["--mcp-config", mcp_config_path or json.dumps(invocation.mcp_config)]
+    argv.append("--strict-mcp-config")
+    if invocation.allowed_tools:
+        argv += ["--allowedTools", *invocation.allowed_tools]
+    argv += [*config.extra_args, "--", invocation.prompt]
+    return argv
+
+
+def build_warm_argv(
+    invocation: ClaudeInvocation, config: RunnerConfig, *, mcp_config_path: str | None = None
+) -> list[str]:
+    """The argv of a CLI started ahead of its prompt: the same options as :func:`build_argv`, but the
+    prompt arrives later on stdin as one stream-json ``user`` message, so there is no ``--``."""
+    argv = [config.binary, "--print", "--input-format", "stream-json", "--output-format", "stream-json"]
+    argv.append("--verbose")  # the CLI refuses stream-json output in --print mode without it
+    cold = build_argv(replace(invocation, prompt=""), config, mcp_config_path=mcp_config_path)
+    return argv + cold[4:-2]  # everything between "--output-format json" and "-- <prompt>"
+
+
+def warm_capable(config: RunnerConfig) -> bool:
+    """Whether CLIs can be started ahead of time with this configuration: CLAUDE_EXTRA_ARGS that set
+    the input or output format would contradict the stream-json that a warm CLI needs."""
+    return not any(arg.split("=", 1)[0] in ("--input-format", "--output-format") for arg in config.extra_args)
+
+
+def warm_key(invocation: ClaudeInvocation, config: RunnerConfig) -> str:
+    """What a CLI started ahead of time must have been started with to answer this invocation: every
+    argument and setting but the prompt. SHA-256, so MCP secrets never show in logs or process state."""
+    workdir = invocation.workdir or (str(config.workdir) if config.workdir else None)
+    fields = {
+        "argv": build_warm_argv(invocation, config, mcp_config_path="-"),
+        "mcp": invocation.mcp_config if (invocation.mcp_config or {}).get("mcpServers") else None,
+        "workdir": workdir,
+        "traffic": config.disable_nonessential_traffic,
+    }
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def preview_argv(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:
+    """The argv a run would use, with the MCP configuration inline and its secrets masked."""
+    masked = replace(invocation, mcp_config=masked_mcp_config(invocation.mcp_config))
+    return build_argv(masked, config)
+
+
+def masked_mcp_config(mcp_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The MCP configuration with every env value and header masked."""
+    servers = mcp_config.get("mcpServers") if isinstance(mcp_config, dict) else None
+    if not isinstance(servers, dict):
+        return mcp_config
+    return {**mcp_config, "mcpServers": {name: _mask_server(server) for name, server in servers.items()}}
+
+
+def _mask_server(server: Any) -> Any:
+    if not isinstance(server, dict):
+        return server
+    masked = dict(server)
+    for key in _SECRET_SERVER_KEYS:
+        if isinstance(masked.get(key), dict):
+            masked[key] = dict.fromkeys(masked[key], _MASK)
+    return masked
+
+
+# The MCP configuration file
+
+
+def mcp_config_write(invocation: ClaudeInvocation) -> str | None:
+    """The invocation's MCP configuration in a new file only this user can read (mode 0600)."""
+    if not (invocation.mcp_config and invocation.mcp_config.get("mcpServers")):
+        return None
+    fd, path = tempfile.mkstemp(prefix="claude-mcp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(invocation.mcp_config, handle)
+    except BaseException:
+        file_remove(path)
+        raise
+    return path
+
+
+def file_remove(path: str | None) -> None:
+    if path:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@contextmanager
+def mcp_config_file(invocation: ClaudeInvocation) -> Iterator[str | None]:
+    """The invocation's MCP configuration in a private file, removed afterwards."""
+    path = mcp_config_write(invocation)
+    try:
+        yield path
+    finally:
+        file_remove(path)

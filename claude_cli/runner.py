@@ -1,0 +1,295 @@
+"""One CLI run: start it (or take a warm one), follow it to its end, and classify what it printed.
+
+Every result, failure included, comes back as a :class:`ClaudeOutcome`; only an exception raised by
+the caller's own callbacks (or a signal such as rq's job timeout) propagates, after the process group
+has been killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+from claude_cli.invocation import (
+    ClaudeInvocation,
+    ClaudeOutcome,
+    CliErrorType,
+    RunnerConfig,
+    build_argv,
+    mcp_config_file,
+)
+from claude_cli.process import (
+    WAIT_STEP,
+    ForeignProcess,
+    Process,
+    StartError,
+    Streams,
+    child_env,
+    group_alive,
+    signal_group,
+    start,
+    stop_group,
+    wait_step,
+)
+from claude_cli.warm import WarmProcess
+
+logger = logging.getLogger(__name__)
+
+# should_cancel() is called less often than the process is checked, since it may query the database.
+_CANCEL_POLL_INTERVAL = 0.2
+# Leftovers of a CLI that exited by itself get a short grace, not the full kill grace: the CLI is
+# done, and whatever remains in its group is only holding the job up.
+_LEFTOVER_GRACE = 1.0
+# Once the group is gone only a process that left the group (setsid) can still hold the pipes.
+_DRAIN_TIMEOUT = 1.0
+_MESSAGE_LIMIT = 2000
+_EXCERPT_LIMIT = 200
+
+
+def run_claude(
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    *,
+    on_start: Callable[[int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    warm: WarmProcess | None = None,
+) -> ClaudeOutcome:
+    """Run the CLI once and report what happened.
+
+    ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
+    every 0.2 s and, when it returns True, the run is stopped like a timeout.
+
+    ``warm`` is a CLI started ahead of time for this invocation's options (see :func:`start_warm`):
+    the prompt is written to its stdin instead of starting a process. Timeouts, cancellation and the
+    process-group cleanup are the same. If it exited before it could take the prompt, a cold start
+    happens instead.
+    """
+    if warm is not None:
+        outcome = _run_warm(invocation, config, warm, on_start=on_start, should_cancel=should_cancel)
+        if outcome is not None:
+            return outcome
+    with mcp_config_file(invocation) as mcp_config_path:
+        return _run(invocation, config, mcp_config_path, on_start=on_start, should_cancel=should_cancel)
+
+
+def _run(
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    mcp_config_path: str | None,
+    *,
+    on_start: Callable[[int], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> ClaudeOutcome:
+    started = time.monotonic()
+    env = child_env(config)
+    if invocation.workdir:
+        config = replace(config, workdir=Path(invocation.workdir))
+    try:
+        proc = start(build_argv(invocation, config, mcp_config_path=mcp_config_path), config, env)
+    except StartError as exc:
+        return _failure("cli_not_found", str(exc), started=started)
+    assert proc.stdout is not None and proc.stderr is not None
+    streams = Streams(proc.stdout, proc.stderr, config.max_output_bytes)
+    return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
+
+
+def _run_warm(
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    warm: WarmProcess,
+    *,
+    on_start: Callable[[int], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> ClaudeOutcome | None:
+    """Hand the prompt to a warm CLI and follow it as a cold run is followed; None if it was gone."""
+    started = time.monotonic()
+    proc: Process | None = warm.proc if warm.is_owner else ForeignProcess.attach(warm.pid)
+    if proc is None or proc.poll() is not None:
+        logger.warning("warm Claude CLI (pid %s) had exited before its prompt; starting one cold", warm.pid)
+        warm.discard()
+        return None
+    assert warm.proc.stdin is not None and warm.proc.stdout is not None and warm.proc.stderr is not None
+    message = {"type": "user", "message": {"role": "user", "content": invocation.prompt}}
+    line = (json.dumps(message, ensure_ascii=False) + "\n").encode()
+    streams = Streams(
+        warm.proc.stdout, warm.proc.stderr, config.max_output_bytes, stdin=warm.proc.stdin, data=line
+    )
+    try:
+        return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
+    finally:
+        # The CLI is gone (or its group was killed): it no longer needs its MCP configuration.
+        warm.remove_config()
+        if isinstance(proc, ForeignProcess):
+            proc.close()
+
+
+def _follow(
+    proc: Process,
+    streams: Streams,
+    config: RunnerConfig,
+    started: float,
+    *,
+    on_start: Callable[[int], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> ClaudeOutcome:
+    """Supervise a started CLI until it exits or must be stopped, then classify what it printed."""
+    pgid = proc.pid  # start_new_session makes the CLI its group's leader
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        stop_reason = _supervise(proc, streams, config, should_cancel, started)
+        exited_by_itself = proc.poll() is not None
+        if stop_reason is not None:
+            stop_group(proc, pgid, streams, grace=config.kill_grace)
+        elif group_alive(pgid):
+            logger.info("Claude CLI (pid %s) exited; stopping what it left in its process group", pgid)
+            stop_group(proc, pgid, streams, grace=min(config.kill_grace, _LEFTOVER_GRACE))
+        if not streams.drain(_DRAIN_TIMEOUT):
+            logger.warning("Claude CLI (pid %s): a process outside its group still holds its output", pgid)
+        if stop_reason is None and streams.overflowed:
+            # The CLI wrote past the cap and exited before the next check saw it.
+            stop_reason = "overflow"
+    except BaseException:
+        signal_group(pgid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        streams.close()
+
+    stderr = streams.stderr_text()
+    duration = time.monotonic() - started
+    returncode = proc.poll()
+    if stop_reason is not None:
+        error_type, message = _stop_message(stop_reason, config, duration)
+        exit_code = returncode if exited_by_itself else None
+        return ClaudeOutcome(False, error_type, message, None, exit_code, stderr, duration, proc.pid)
+
+    assert returncode is not None
+    data = _parse_result(bytes(streams.stdout))
+    failure = _classify(data, returncode, bytes(streams.stdout), stderr)
+    if failure is None:
+        return ClaudeOutcome(True, None, "", data, returncode, stderr, duration, proc.pid)
+    error_type, message = failure
+    return ClaudeOutcome(False, error_type, message, data, returncode, stderr, duration, proc.pid)
+
+
+_StopReason = Literal["timeout", "cancelled", "overflow"]
+
+
+def _supervise(
+    proc: Process,
+    streams: Streams,
+    config: RunnerConfig,
+    should_cancel: Callable[[], bool] | None,
+    started: float,
+) -> _StopReason | None:
+    """Read output until the CLI exits (None) or must be stopped (the reason)."""
+    deadline = started + config.timeout
+    next_cancel_check = time.monotonic() + _CANCEL_POLL_INTERVAL
+    while True:
+        wait_step(proc, streams, min(WAIT_STEP, deadline - time.monotonic()))
+        # Overflow wins over a clean exit: the kept output is truncated and cannot be trusted.
+        if streams.overflowed:
+            return "overflow"
+        if proc.poll() is not None:
+            return None
+        now = time.monotonic()
+        if now >= deadline:
+            return "timeout"
+        if should_cancel is not None and now >= next_cancel_check:
+            next_cancel_check = now + _CANCEL_POLL_INTERVAL
+            if should_cancel():
+                return "cancelled"
+
+
+def _failure(error_type: CliErrorType, message: str, *, started: float) -> ClaudeOutcome:
+    return ClaudeOutcome(False, error_type, message, None, None, "", time.monotonic() - started, None)
+
+
+def _stop_message(reason: _StopReason, config: RunnerConfig, duration: float) -> tuple[CliErrorType, str]:
+    if reason == "timeout":
+        return "cli_timeout", f"Claude CLI did not finish within {config.timeout:g} seconds and was stopped"
+    if reason == "cancelled":
+        return "cancelled", f"cancelled after {duration:.1f} seconds; the Claude CLI was stopped"
+    limit = config.max_output_bytes
+    return "cli_output_invalid", f"Claude CLI output exceeded {limit} bytes and the process was stopped"
+
+
+def _parse_result(stdout: bytes) -> dict[str, Any] | None:
+    """The result object: the whole output, or else the last line that is a ``"type": "result"`` object
+    (as with ``--output-format stream-json`` in CLAUDE_EXTRA_ARGS)."""
+    text = stdout.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        return whole if isinstance(whole, dict) else None
+    for line in reversed(text.splitlines()):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("type") == "result":
+            return obj
+    return None
+
+
+def _classify(
+    data: dict[str, Any] | None, exit_code: int, stdout: bytes, stderr: str
+) -> tuple[CliErrorType, str] | None:
+    """None for a successful run, else the error type and message."""
+    if data is None:
+        if exit_code != 0:
+            return "cli_error", _exit_message(exit_code, stderr)
+        if not stdout.strip():
+            return "cli_output_invalid", "Claude CLI exited 0 without printing anything"
+        return "cli_output_invalid", f"Claude CLI printed no JSON result: {_excerpt(stdout)}"
+
+    cli_text = data.get("result") if isinstance(data.get("result"), str) else ""
+    subtype = data.get("subtype")
+    api_status = data.get("api_error_status")
+    if data.get("is_error"):
+        # The CLI's own words ("Not logged in · Please run /login", "API Error: 400 ...") say it best.
+        return "cli_error", _shorten(cli_text) or _exit_message(exit_code, stderr)
+    if api_status is not None:
+        return "cli_error", _with_detail(f"Claude CLI reported API error status {api_status}", cli_text)
+    if subtype is not None and subtype != "success":
+        return "cli_error", _with_detail(f"Claude CLI stopped with subtype {subtype!r}", cli_text)
+    if exit_code != 0:
+        return "cli_error", _exit_message(exit_code, stderr)
+    if data.get("type") != "result" or data.get("is_error") is not False or subtype != "success":
+        return "cli_output_invalid", f"Claude CLI printed JSON that is not a result: {_excerpt(stdout)}"
+    return None
+
+
+def _exit_message(exit_code: int, stderr: str) -> str:
+    if exit_code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            how = f"was killed by signal {-exit_code}"
+    else:
+        how = f"exited with code {exit_code}"
+    return _with_detail(f"Claude CLI {how}", stderr.strip()[-500:].strip())
+
+
+def _with_detail(summary: str, detail: str) -> str:
+    return _shorten(f"{summary}: {detail}" if detail else summary)
+
+
+def _excerpt(stdout: bytes) -> str:
+    text = " ".join(stdout.decode("utf-8", errors="replace").split())
+    return repr(_shorten(text, _EXCERPT_LIMIT))
+
+
+def _shorten(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

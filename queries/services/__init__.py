@@ -1,0 +1,93 @@
+"""The query pipeline, one module per concern; everything public is re-exported here.
+
+- ``cache``: what identifies an answer (normalization, the hash) and the ``claude:{hash}`` entries.
+- ``journal``: cache hits answered and recorded in one Redis round trip, written to the database in
+  batches.
+- ``dedup``: the ``dedup:{hash}`` in-flight marks.
+- ``run``: a worker running a job, and what follows an outcome.
+- ``submit``: a submission answered from the cache, joined to a job in flight, or queued.
+- ``operations``: operators' cancel, retry and reconcile.
+- ``keys``: API keys.
+- ``stats``: the dashboard's and ``gateway_stats``' figures.
+
+Redis holds only what can be rebuilt or may expire (cache entries, in-flight marks, queue entries);
+the database is the record of every submission and every execution.
+"""
+
+from queries.services.cache import (
+    CACHE_KEY,
+    cache_entry_purge,
+    cache_figures,
+    cache_get,
+    cache_hash_check,
+    cache_job_deleted,
+    cache_purge,
+    cache_purge_all,
+    cache_put,
+    normalize_query,
+    query_hash,
+)
+from queries.services.dedup import DEDUP_KEY, dedup_release
+from queries.services.keys import api_key_create, api_key_revoke
+from queries.services.operations import (
+    OperationRefused,
+    Retry,
+    job_cancel,
+    job_reconcile_stale,
+    job_retry,
+    jobs_requeue_lost,
+    jobs_retry_failed,
+)
+from queries.services.run import (
+    CANCEL_KEY,
+    job_cancel_requested,
+    job_enqueue,
+    job_fail,
+    job_finished,
+    job_orphans_fail,
+    job_run,
+    job_worker_lost,
+    request_recorded,
+)
+from queries.services.stats import dashboard_figures, request_figures
+from queries.services.submit import Submission, job_get_for_caller, query_cache_answer, query_submit
+
+__all__ = [
+    "CACHE_KEY",
+    "CANCEL_KEY",
+    "DEDUP_KEY",
+    "OperationRefused",
+    "Retry",
+    "Submission",
+    "api_key_create",
+    "api_key_revoke",
+    "cache_entry_purge",
+    "cache_figures",
+    "cache_get",
+    "cache_hash_check",
+    "cache_job_deleted",
+    "cache_purge",
+    "cache_purge_all",
+    "cache_put",
+    "dashboard_figures",
+    "dedup_release",
+    "job_cancel",
+    "job_cancel_requested",
+    "job_enqueue",
+    "job_fail",
+    "job_finished",
+    "job_get_for_caller",
+    "job_orphans_fail",
+    "job_reconcile_stale",
+    "job_retry",
+    "job_run",
+    "job_worker_lost",
+    "jobs_requeue_lost",
+    "jobs_retry_failed",
+    "normalize_query",
+    "query_cache_answer",
+    "query_hash",
+    "query_submit",
+    "request_figures",
+    "request_recorded",
+]

@@ -1,0 +1,294 @@
+"""Running a job: claim it, run the CLI, record and cache the outcome, and say that it is known.
+
+What follows an outcome: ``request_recorded`` (a joined or cache-answered request was written) and
+``job_finished`` (a job reached its final state) update quotas, metrics and logs here, then send the
+``queries.signals`` of the same names, which the apps above subscribe to (webhooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import django_rq
+from django.conf import settings
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from claude_cli import runner
+from claude_cli.invocation import ClaudeOutcome
+from claude_cli.process import kill_orphaned_group, process_alive
+from core import logs, metrics
+from core.redis import redis_client
+from queries import pool, quotas, signals
+from queries.models import PRIORITY_QUEUES, Job, QueryRequest
+from queries.services.cache import cache_get, cache_put
+from queries.services.dedup import dedup_release
+from routing.services import McpUnavailable, route_for_job
+
+logger = logging.getLogger(__name__)
+
+# Set by job_cancel for a running job; the worker running it polls for the key and stops the CLI.
+CANCEL_KEY = "cancel:{}"
+
+
+_queues: dict[str, Any] = {}
+
+
+def job_enqueue(*, job: Job) -> None:
+    """Put a job on its priority's rq queue. Only the job id travels: rq's admin shows job arguments.
+
+    django-rq defers the enqueue to the end of the surrounding database transaction (COMMIT_MODE
+    on_db_commit), so a worker never picks up a job whose row it cannot see yet.
+    """
+    name = PRIORITY_QUEUES[job.priority]
+    queue = _queues.get(name)
+    if queue is None:
+        queue = _queues[name] = django_rq.get_queue(name)
+    queue.enqueue(
+        "queries.tasks.run_job",
+        str(job.id),
+        job_id=job.rq_job_id or str(job.id),
+        job_timeout=settings.RQ_JOB_TIMEOUT,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"run job {job.id}",
+        # The worker picks a CLI started ahead of time by these, without a database query.
+        meta=pool.job_meta(model=job.model, servers=job.mcp_servers),
+    )
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def job_run(*, job_id: uuid.UUID | str) -> Job | None:
+    """Claim a queued job, run the CLI for it, and record the outcome.
+
+    Returns the finished job, or None if another worker had claimed it (or it was cancelled).
+    """
+    claimed = Job.objects.filter(id=job_id, state=Job.State.QUEUED).update(
+        state=Job.State.RUNNING, started_at=timezone.now(), worker_name=_worker_name(), progress=0
+    )
+    if claimed != 1:
+        logger.info("job %s was not queued any more; skipping it", job_id)
+        return None
+    job = Job.objects.get(id=job_id)
+    try:
+        if job.use_cache and settings.CACHE_ENABLED:
+            entry = cache_get(query_hash=job.hash)
+            if entry is not None:
+                return _job_complete_from_cache(job=job, entry=entry)
+        refusal = quotas.job_budget_refusal(job=job)
+        if refusal is not None:
+            return job_fail(job=job, error_type=Job.ErrorType.BUDGET_EXCEEDED, message=refusal)
+        return _job_execute(job=job)
+    except Exception as exc:
+        logger.exception("job %s failed inside the gateway", job.id)
+        job_fail(job=job, error_type=Job.ErrorType.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        dedup_release(query_hash=job.hash, job_id=job.id)
+
+
+def _job_execute(*, job: Job) -> Job:
+    try:
+        route = route_for_job(intent=job.intent, server_names=job.mcp_servers)
+    except McpUnavailable as exc:
+        return job_fail(job=job, error_type=Job.ErrorType.MCP_UNAVAILABLE, message=str(exc))
+    invocation = pool.invocation_for(prompt=job.query, model=job.model, route=route)
+    logs.secrets_register_mcp(invocation.mcp_config)
+
+    def on_start(pid: int) -> None:
+        Job.objects.filter(id=job.id).update(progress=10, cli_pid=pid)
+        metrics.cli_started(job_id=job.id, expected_end=time.time() + settings.RQ_JOB_TIMEOUT)
+
+    config = pool.runner_config()
+    outcome = runner.run_claude(
+        invocation,
+        config,
+        on_start=on_start,
+        should_cancel=lambda: job_cancel_requested(job_id=job.id),
+        warm=pool.pool_claim(invocation=invocation, config=config),
+    )
+    _record_cli_output(job=job, outcome=outcome)
+    metrics.cli_run_observed(job=job, outcome=outcome)
+    if not outcome.ok:
+        return job_fail(
+            job=job,
+            error_type=outcome.error_type or Job.ErrorType.CLI_ERROR,
+            message=outcome.error_message,
+            extra_fields=["cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS],
+        )
+
+    job.progress = 80
+    job.save(update_fields=["progress", "response", "cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS])
+    # Cache before the job is marked completed: a submission that finds the in-flight mark naming a
+    # finished job goes to the cache next, and must find the answer there. A noCache submission's
+    # answer is cached too: noCache skips the lookup, not the store.
+    if settings.CACHE_ENABLED and route.cacheable and cache_put(job=job, ttl=route.cache_ttl):
+        Job.objects.filter(id=job.id).update(progress=90)
+    return _job_finish(job=job, state=Job.State.COMPLETED)
+
+
+_USAGE_FIELDS = [
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "duration_ms",
+    "num_turns",
+    "session_id",
+]
+
+
+def _record_cli_output(*, job: Job, outcome: ClaudeOutcome) -> None:
+    data = outcome.data or {}
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    job.cli_output = outcome.data
+    job.exit_code = outcome.exit_code
+    job.stderr_tail = outcome.stderr[-8192:] if not outcome.ok else ""
+    job.response = data.get("result") if outcome.ok and isinstance(data.get("result"), str) else ""
+    job.cost_usd = _decimal(data.get("total_cost_usd"))
+    job.input_tokens = _count(usage.get("input_tokens"))
+    job.output_tokens = _count(usage.get("output_tokens"))
+    job.cache_read_input_tokens = _count(usage.get("cache_read_input_tokens"))
+    job.cache_creation_input_tokens = _count(usage.get("cache_creation_input_tokens"))
+    job.duration_ms = _count(data.get("duration_ms"))
+    job.num_turns = _count(data.get("num_turns"))
+    job.session_id = str(data.get("session_id") or "")[:100]
+    if not job.model and isinstance(data.get("modelUsage"), dict) and data["modelUsage"]:
+        job.model = str(next(iter(data["modelUsage"])))[:100]
+        job.save(update_fields=["model"])
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value)).quantize(Decimal("0.000001"))
+    except InvalidOperation:
+        return None
+
+
+def _job_complete_from_cache(*, job: Job, entry: dict[str, Any]) -> Job:
+    """Another job answered the same query while this one waited: reuse that answer."""
+    result = entry["result"] or {}
+    usage = result.get("usage") or {}
+    job.response = result.get("response") or ""
+    job.served_from_cache = True
+    job.session_id = result.get("sessionId") or ""
+    job.num_turns = result.get("numTurns")
+    job.duration_ms = result.get("durationMs")
+    job.input_tokens = usage.get("inputTokens")
+    job.output_tokens = usage.get("outputTokens")
+    job.cache_read_input_tokens = usage.get("cacheReadInputTokens")
+    job.cache_creation_input_tokens = usage.get("cacheCreationInputTokens")
+    job.model = job.model or (result.get("model") or "")
+    job.cost_usd = Decimal(0)  # nothing was spent on this execution
+    job.save(update_fields=["response", "served_from_cache", "model", *_USAGE_FIELDS])
+    return _job_finish(job=job, state=Job.State.COMPLETED)
+
+
+def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Job:
+    # Cleared before the final state is written, so whoever sees the job finished sees no mark either.
+    # A submission in between finds no mark and makes a new job: the cache holds a success's answer
+    # already, and a failure's answer is never reused.
+    dedup_release(query_hash=job.hash, job_id=job.id)
+    job.state = state
+    job.progress = 100
+    job.finished_at = timezone.now()
+    job.save(update_fields=["state", "progress", "finished_at", "error_type", "error_message", *extra_fields])
+    logger.info("job %s %s", job.id, state)
+    job_finished(job=job)
+    return job
+
+
+def request_recorded(*, request: QueryRequest) -> None:
+    """A joined or cache-answered request was recorded; its outcome may already be known."""
+    metrics.request_counted(request=request)
+    signals.send(signals.request_recorded, request=request)
+
+
+def job_finished(*, job: Job) -> None:
+    """A job reached a final state: every request that points to it now has its outcome."""
+    quotas.quota_jobs_release(job=job)
+    metrics.job_finished_counted(job=job)
+    logs.job_failure_log(job=job)
+    signals.send(signals.job_finished, job=job)
+
+
+def job_fail(*, job: Job, error_type: str, message: str, extra_fields: Iterable[str] = ()) -> Job:
+    """Record a job's failure (state ``cancelled`` for error type ``cancelled``). Errors are never cached."""
+    job.error_type = error_type
+    job.error_message = message[:10_000]
+    state = Job.State.CANCELLED if error_type == Job.ErrorType.CANCELLED else Job.State.FAILED
+    return _job_finish(job=job, state=state, extra_fields=extra_fields)
+
+
+def job_orphans_fail(*, idle_pid: int | None = None) -> int:
+    """Fail, as ``worker_lost``, the running jobs of this host whose worker process is gone; returns
+    how many. ``idle_pid`` is a process known to run no job now (the caller, between jobs): a job
+    naming it was left by a dead process whose pid it reuses.
+
+    A worker that runs jobs in its own process takes its job down with it when it dies; the worker
+    that replaces it and every worker's maintenance call this.
+    """
+    host = socket.gethostname()
+    running = Job.objects.filter(state=Job.State.RUNNING, worker_name__startswith=f"{host}:")
+    failed = 0
+    for job_id, worker_name in running.values_list("id", "worker_name"):
+        try:
+            pid = int(worker_name.rpartition(":")[2])
+        except ValueError:
+            continue
+        if pid != idle_pid and process_alive(pid):
+            continue
+        if job_worker_lost(job_id=job_id, reason="The worker process running it died."):
+            failed += 1
+    return failed
+
+
+def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
+    """Fail a running job whose worker died, killing its CLI if it runs on this host.
+
+    Returns False if the job was not running (it finished, or someone else settled it).
+    """
+    job = Job.objects.filter(id=job_id, state=Job.State.RUNNING).first()
+    if job is None:
+        return False
+    host = job.worker_name.rpartition(":")[0]
+    if job.cli_pid and host == socket.gethostname():
+        kill_orphaned_group(job.cli_pid)
+    settled = Job.objects.filter(id=job.id, state=Job.State.RUNNING).update(
+        state=Job.State.FAILED,
+        error_type=Job.ErrorType.WORKER_LOST,
+        error_message=reason,
+        progress=100,
+        finished_at=timezone.now(),
+    )
+    dedup_release(query_hash=job.hash, job_id=job.id)
+    if settled:
+        logger.warning("job %s: %s", job.id, reason)
+        job.refresh_from_db()
+        job_finished(job=job)
+    return bool(settled)
+
+
+def job_cancel_requested(*, job_id: uuid.UUID | str) -> bool:
+    """Whether an operator asked to cancel this job. Called every 0.2 s while its CLI runs."""
+    try:
+        return bool(redis_client().exists(CANCEL_KEY.format(job_id)))
+    except RedisError:
+        return False
