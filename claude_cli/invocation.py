@@ -151,8 +151,7 @@ def preview_argv(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str
 
 def masked_mcp_config(mcp_config: dict[str, Any] | None) -> dict[str, Any] | None:
     """The MCP configuration with every env value and header masked."""
-    servers = mcp_config.get("mcpServers") if isinstance(mcp_config, dict) else None
-    if not isinstance(servers, dict):
+    if mcp_config is None or not isinstance(servers := mcp_config.get("mcpServers"), dict):
         return mcp_config
     return {**mcp_config, "mcpServers": {name: _mask_server(server) for name, server in servers.items()}}
 

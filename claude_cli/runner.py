@@ -254,7 +254,8 @@ def _classify(
             return "cli_output_invalid", "Claude CLI exited 0 without printing anything"
         return "cli_output_invalid", f"Claude CLI printed no JSON result: {_excerpt(stdout)}"
 
-    cli_text = data.get("result") if isinstance(data.get("result"), str) else ""
+    result = data.get("result")
+    cli_text = result if isinstance(result, str) else ""
     subtype = data.get("subtype")
     api_status = data.get("api_error_status")
     if data.get("is_error"):

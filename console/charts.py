@@ -36,7 +36,7 @@ def svg_stacked_bars(
     ]
     for i, (label, values) in enumerate(bars):
         x = left + i * slot + slot * 0.1
-        y = top + plot_h
+        y: float = top + plot_h
         tip = ", ".join(f"{name} {prefix}{_short(value)}{unit}" for name, value in values.items())
         for name, value in values.items():
             if value <= 0:

@@ -12,9 +12,10 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -29,7 +30,7 @@ class GatewayAdminSite(admin.AdminSite):
     site_title = "Claude gateway admin"
     index_title = "Dashboard"
 
-    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         context: dict[str, Any] = {}
         try:
             # The cache count walks Redis's keyspace; it is on the cache page, not on every index load.
@@ -39,7 +40,7 @@ class GatewayAdminSite(admin.AdminSite):
             context["dashboard_error"] = f"Redis is unavailable: {exc}"
         return super().index(request, {**context, **(extra_context or {})})
 
-    def get_urls(self) -> list[URLPattern]:
+    def get_urls(self) -> list[URLResolver | URLPattern]:
         return [
             path("cache/", self.admin_view(self.cache_view), name="cache"),
             path("cache/purge-all/", self.admin_view(self.cache_purge_all_view), name="cache_purge_all"),
@@ -103,8 +104,11 @@ class GatewayAdminSite(admin.AdminSite):
 
 def log_operation(request: HttpRequest, message: str, *, obj: Any = None, repr_: str = "") -> None:
     """Record an operator's action in the admin log ("Recent actions", the LogEntry table)."""
+    user_id = request.user.pk
+    if user_id is None:  # admin_view lets only staff in
+        raise PermissionDenied
     LogEntry.objects.create(
-        user_id=request.user.pk,
+        user_id=user_id,
         content_type=ContentType.objects.get_for_model(obj, for_concrete_model=False) if obj else None,
         object_id=str(obj.pk) if obj is not None else None,
         object_repr=(str(obj) if obj is not None else repr_)[:200],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import BadRequest
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -105,8 +106,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             status = 401
         error_type = STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
         message, details = _validation_message(exc.detail), {}
-        if getattr(exc, "wait", None) is not None:
-            headers["Retry-After"] = str(int(exc.wait) + 1)
+        wait = getattr(exc, "wait", None)  # set by throttles
+        if wait is not None:
+            headers["Retry-After"] = str(int(wait) + 1)
         if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
             headers["WWW-Authenticate"] = 'Bearer realm="api"'
     else:
@@ -124,13 +126,13 @@ def _is_admin_path(request: HttpRequest) -> bool:
 # The admin keeps Django's HTML pages; everything else the gateway serves speaks JSON.
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_admin_path(request):
-        return defaults.bad_request(request, exception)
+        return defaults.bad_request(request, exception or BadRequest())
     return error_response(400, "Bad request.")
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_admin_path(request):
-        return defaults.permission_denied(request, exception)
+        return defaults.permission_denied(request, exception or DjangoPermissionDenied())
     return error_response(403, "Permission denied.")
 
 

@@ -67,6 +67,6 @@ class GatewayLogger(glogging.Logger):
     access log is on; the application writes its own access line (core.logs.RequestContextMiddleware).
     """
 
-    def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    def access(self, resp, req, environ, request_time) -> None:  # noqa: ANN001
         if self.cfg.accesslog:
             super().access(resp, req, environ, request_time)

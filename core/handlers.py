@@ -54,7 +54,7 @@ class GatewayWSGIHandler:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        fast = self.fast_paths.get((environ.get("REQUEST_METHOD"), path))
+        fast = self.fast_paths.get((environ.get("REQUEST_METHOD", ""), path))
         if fast is not None:
             answered = fast(environ)
             if answered is not None:

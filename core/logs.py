@@ -22,7 +22,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,11 +134,11 @@ _access_log = logging.getLogger("gateway.access")
 @contextlib.contextmanager
 def request_scope() -> Iterator[uuid.UUID]:
     """A fresh requestId (and no jobId) for the block: one HTTP request."""
-    slot = {"id": uuid.uuid4(), "claimed": False}
-    request_token = _request_id.set(slot)
+    request_id = uuid.uuid4()
+    request_token = _request_id.set({"id": request_id, "claimed": False})
     job_token = _job_id.set(None)
     try:
-        yield slot["id"]
+        yield request_id
     finally:
         _job_id.reset(job_token)
         _request_id.reset(request_token)
@@ -197,7 +197,7 @@ def secrets_register_mcp(config: dict[str, Any] | None) -> None:
                     secret_register(value)
 
 
-def secrets_register_environment(environ: dict[str, str] | None = None) -> None:
+def secrets_register_environment(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     for name in SECRET_ENV_VARS:
         secret_register(environ.get(name))

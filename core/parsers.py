@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from rest_framework import negotiation, parsers
 from rest_framework.exceptions import ParseError
+from rest_framework.renderers import BaseRenderer
 
 # Far deeper than any real request (metadata has its own, lower METADATA_MAX_DEPTH), far shallower
 # than the interpreter's recursion limit that the serializers and json.dumps later walk into.
@@ -109,7 +111,10 @@ class JsonNegotiation(negotiation.DefaultContentNegotiation):
     errors) rather than a 406. Views with several renderers (the OpenAPI schema) negotiate as usual.
     """
 
-    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
+    def select_renderer(
+        self, request: Any, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> Any:
+        renderers = list(renderers)
         if len(renderers) == 1 and not format_suffix:
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)

@@ -1,12 +1,12 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import health
 from queries.api import QueryCreateApi, QueryDetailApi
 
-urlpatterns = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("api/query", QueryCreateApi.as_view(), name="query-create"),
     path("api/query/<str:job_id>", QueryDetailApi.as_view(), name="query-detail"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -18,6 +18,7 @@ from core import logs, outbound
 from core.errors import NotFound
 from core.parsers import json_depth
 from queries import schema, services
+from queries.auth import request_api_key
 from queries.models import Job, Priority, QueryRequest
 from queries.quotas import SubmissionRateThrottle
 from queries.validation import MODEL_MAX_CHARS, model_problem, query_problem
@@ -140,7 +141,7 @@ class QueryCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         submission = services.query_submit(
-            api_key=request.auth,
+            api_key=request_api_key(request),
             query=data["query"],
             priority=data["priority"],
             model=data.get("model"),
@@ -187,7 +188,7 @@ class QueryDetailApi(APIView):
             parsed = uuid.UUID(job_id)
         except ValueError:
             raise NotFound("No such job: job ids are UUIDs.") from None
-        job = services.job_get_for_caller(job_id=parsed, api_key=request.auth)
+        job = services.job_get_for_caller(job_id=parsed, api_key=request_api_key(request))
         if job is None:
             raise NotFound(f"No job {parsed}.")
         return Response(self.OutputSerializer(job).data)

@@ -9,12 +9,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db.models.signals import post_delete, post_save
+from django.http import HttpRequest
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
-from core.redis import redis_client
+from core.redis import redis_bytes, redis_client
 from queries.models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _api_key_by_hash(digest: str, *, deferred_check: bool = False) -> tuple[ApiK
         return held[2], held[1]
     try:
         # b"0" until the first change: the cache-hit script compares versions as strings.
-        version = redis_client().get(KEYS_VERSION_KEY) or b"0"
+        version = redis_bytes(redis_client().get(KEYS_VERSION_KEY)) or b"0"
     except RedisError:
         return ApiKey.objects.filter(key_hash=digest).first(), None
     if held is not None and held[0] > now and held[1] == version:
@@ -78,7 +79,7 @@ def _api_key_by_hash(digest: str, *, deferred_check: bool = False) -> tuple[ApiK
     return api_key, version
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(request: HttpRequest | Request) -> str | None:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     if header:
         scheme, _, value = header.partition(" ")
@@ -114,6 +115,11 @@ def api_key_lookup_deferred(key: str, *, deferred_check: bool = True) -> tuple[A
 def api_keys_forget() -> None:
     """Drop the keys this process holds (the cache-hit path found the keys version moved on)."""
     _cached_keys.clear()
+
+
+def request_api_key(request: Request) -> ApiKey | None:
+    """The caller's key, as ApiKeyAuthentication set it (None: anonymous, with GATEWAY_REQUIRE_AUTH off)."""
+    return request.auth if isinstance(request.auth, ApiKey) else None
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -30,7 +30,7 @@ import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import Sum
 from django.utils import timezone
@@ -40,7 +40,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from core.errors import GatewayError, Overloaded
-from core.redis import redis_client
+from core.redis import redis_client, redis_text
 from queries.models import ApiKey, Job, QueryRequest
 
 logger = logging.getLogger(__name__)
@@ -205,10 +205,10 @@ def quota_jobs_reconcile(*, api_key: ApiKey, redis: Redis, force: bool = False) 
     ):
         return 0
     key = JOBS_KEY.format(api_key.pk)
-    members = redis.zrange(key, 0, -1, withscores=True)
+    members = cast(list[tuple[bytes, float]], redis.zrange(key, 0, -1, withscores=True))
     if not members:
         return 0
-    slots = {(m.decode() if isinstance(m, bytes) else str(m)): score for m, score in members}
+    slots = {str(redis_text(member)): score for member, score in members}
     valid: list[uuid.UUID] = []
     for job_id in slots:
         try:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal
 import time
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections
-from rq import SimpleWorker, Worker
+from redis.client import Pipeline
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job as RqJob
 from rq.worker import WorkerStatus
 
 from queries import services, signals
@@ -53,7 +58,7 @@ class GatewayWorker(CliPoolWorkerMixin, Worker):
             connections.close_all()
         self._fail_orphaned_jobs()
 
-    def bootstrap(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
         self._fail_orphaned_jobs()
 
@@ -65,7 +70,7 @@ class GatewayWorker(CliPoolWorkerMixin, Worker):
         finally:
             connections.close_all()
 
-    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:  # type: ignore[no-untyped-def]
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         # A Redis that restarted without persistence has forgotten this worker: register it again, or
         # /ready and the admin would report no worker until this process restarts.
         if pipeline is None and not self.connection.exists(self.key):
@@ -73,7 +78,7 @@ class GatewayWorker(CliPoolWorkerMixin, Worker):
             self.register_birth()
         super().heartbeat(timeout, pipeline)
 
-    def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:  # type: ignore[no-untyped-def]
+    def handle_work_horse_killed(self, job: RqJob, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
         if job.func_name != "queries.tasks.run_job" or not job.args:
             return
@@ -100,7 +105,7 @@ class GatewayInProcessWorker(GatewayWorker):
     host. WORKER_FORK=true runs GatewayWorker, which forks, instead.
     """
 
-    def execute_job(self, job, queue) -> None:  # type: ignore[no-untyped-def]
+    def execute_job(self, job: RqJob, queue: Queue) -> None:
         with self.cli_pool_job(job):
             # The connection lives across jobs (no reconnect per job) unless it broke or grew old.
             close_old_connections()
@@ -111,14 +116,14 @@ class GatewayInProcessWorker(GatewayWorker):
             finally:
                 close_old_connections()
 
-    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:  # type: ignore[no-untyped-def]
+    def get_heartbeat_ttl(self, job: RqJob, working_time: float = 0.0) -> int:
         # No heartbeat is sent while a job runs in this process: the registration must outlive the job.
         return SimpleWorker.get_heartbeat_ttl(self, job, working_time)  # type: ignore[arg-type]
 
-    def kill_horse(self, sig=None) -> None:  # type: ignore[no-untyped-def]
+    def kill_horse(self, sig: signal.Signals = signal.SIGTERM) -> None:
         # There is no horse. rq's Worker would signal the process group of pid 0: this worker's own,
         # and with it the whole rqworker-pool. Cancel a running job with services.job_cancel.
         self.log.warning("Worker %s: jobs run in-process; stop one with the gateway's cancel", self.name)
 
-    def wait_for_horse(self):  # type: ignore[no-untyped-def]
+    def wait_for_horse(self) -> tuple[int | None, int | None, resource.struct_rusage | None]:
         return None, None, None

@@ -244,7 +244,7 @@ def test_config_from_settings_reads_the_claude_settings(tmp_path: Path) -> None:
         CLAUDE_MAX_OUTPUT_BYTES=4096,
         CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC=False,
     ):
-        config = RunnerConfig.from_settings()
+        config = RunnerConfig.from_settings(settings)
 
     assert config == RunnerConfig(
         binary="/opt/claude",

@@ -78,9 +78,10 @@ class JobApiKeyFilter(admin.SimpleListFilter):
         return [(str(k.pk), str(k)) for k in ApiKey.objects.only("pk", "name", "prefix")]
 
     def queryset(self, request, queryset):
-        if not self.value():
+        value = self.value()
+        if not value:
             return queryset
-        own = QueryRequest.objects.filter(job_id=OuterRef("pk"), api_key_id=self.value())
+        own = QueryRequest.objects.filter(job_id=OuterRef("pk"), api_key_id=int(value))
         return queryset.filter(Exists(own))
 
 

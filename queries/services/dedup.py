@@ -13,7 +13,7 @@ import uuid
 from redis import Redis
 from redis.exceptions import RedisError
 
-from core.redis import redis_client
+from core.redis import redis_client, redis_text
 from queries.models import Job
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,7 @@ def dedup_release(*, query_hash: str, job_id: uuid.UUID | str, redis: Redis | No
 
 def dedup_holder(*, query_hash: str, redis: Redis) -> str | None:
     """The id of the job holding the in-flight mark, or None. Raises RedisError."""
-    holder = redis.get(DEDUP_KEY.format(query_hash))
-    if holder is None:
-        return None
-    return holder.decode() if isinstance(holder, bytes) else str(holder)
+    return redis_text(redis.get(DEDUP_KEY.format(query_hash)))
 
 
 def dedup_wait_for_job(job_id: str) -> Job | None:

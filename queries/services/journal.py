@@ -30,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
@@ -243,6 +243,14 @@ def _stale_entries_purge(records: list[dict[str, Any]]) -> None:
             cache_entry_purge(query_hash=record["hash"], job_id=record["jobId"])
 
 
+def _read_new(
+    redis: Redis, consumer: str, *, count: int, block_ms: int | None
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Entries no recorder has read yet (RESP2's reply: [[stream, entries]])."""
+    reply = cast(list[Any], redis.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=count, block=block_ms))
+    return reply[0][1] if reply else []
+
+
 def journal_flush(*, consumer: str | None = None, block_ms: int | None = None, count: int = BATCH) -> int:
     """Write one batch of journaled requests to the database; the number of entries handled.
 
@@ -257,15 +265,13 @@ def journal_flush(*, consumer: str | None = None, block_ms: int | None = None, c
             STREAM_KEY, GROUP, consumer, JOURNAL_CLAIM_IDLE_MS, "0-0", count=count
         )
         if not entries:
-            reply = redis.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=count, block=block_ms)
-            entries = reply[0][1] if reply else []
+            entries = _read_new(redis, consumer, count=count, block_ms=block_ms)
     except ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
         # A new or flushed Redis: the group starts over, from the stream's first entry.
         _group_ensure(redis)
-        reply = redis.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=count)
-        entries = reply[0][1] if reply else []
+        entries = _read_new(redis, consumer, count=count, block_ms=None)
     if not entries:
         return 0
     ids = [entry_id for entry_id, _ in entries]

@@ -151,11 +151,13 @@ _USAGE_FIELDS = [
 
 def _record_cli_output(*, job: Job, outcome: ClaudeOutcome) -> None:
     data = outcome.data or {}
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    result = data.get("result")
     job.cli_output = outcome.data
     job.exit_code = outcome.exit_code
     job.stderr_tail = outcome.stderr[-8192:] if not outcome.ok else ""
-    job.response = data.get("result") if outcome.ok and isinstance(data.get("result"), str) else ""
+    job.response = result if outcome.ok and isinstance(result, str) else ""
     job.cost_usd = _decimal(data.get("total_cost_usd"))
     job.input_tokens = _count(usage.get("input_tokens"))
     job.output_tokens = _count(usage.get("output_tokens"))

@@ -54,8 +54,9 @@ class Command(BaseCommand):
             "allowed_priorities": options.get("priorities") or [],
             "allowed_models": options.get("models") or [],
         }
-        if options.get("expires_in_days"):
-            limits["expires_at"] = timezone.now() + timedelta(days=int(options["expires_in_days"]))
+        expires_in_days = options.get("expires_in_days")
+        if isinstance(expires_in_days, int):
+            limits["expires_at"] = timezone.now() + timedelta(days=expires_in_days)
         try:
             api_key, key = api_key_create(name=name, limits=limits)
         except ValueError as exc:

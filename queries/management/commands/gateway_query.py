@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -70,7 +71,7 @@ class Command(BaseCommand):
             raise CommandError(f"Job {job.id} {job.state}: {job.error_type}: {job.error_message}")
         self.stdout.write(job.response)
 
-    def wait_for(self, job_id: object, timeout: float) -> Job:
+    def wait_for(self, job_id: uuid.UUID, timeout: float) -> Job:
         deadline = time.monotonic() + timeout
         while True:
             job = Job.objects.get(id=job_id)

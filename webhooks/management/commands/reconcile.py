@@ -40,9 +40,11 @@ class Command(BaseCommand):
             help="Seconds a job must have been running or queued before it is judged (default 60).",
         )
 
-    def handle(self, *args: object, loop: bool, interval: float, **options: object) -> None:
-        self.retry_lost = bool(options.get("retry_lost"))
-        self.grace = float(options.get("grace") or 60.0)
+    def handle(
+        self, *args: object, loop: bool, interval: float, retry_lost: bool, grace: float, **options: object
+    ) -> None:
+        self.retry_lost = retry_lost
+        self.grace = grace
         if not loop:
             try:
                 self.handle_one()
