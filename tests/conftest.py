@@ -1,40 +1,59 @@
+"""Fixtures, and the rule that marks `services` every test that needs the real Redis or PostgreSQL.
+
+The code behind the fixtures is in ``tests/support``.
+"""
+
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from django.conf import settings
+from redis import Redis
 from rest_framework.test import APIClient
 
 from core.redis import redis_client
 from queries import services
-from queries.models import ApiKey, Job
+from queries.models import ApiKey
 from tests.mockapi import MockAnthropic
+from tests.support.processes import (
+    FAKE_CLAUDE,
+    Processes,
+    cli_environment,
+    real_claude_bin,
+    start_web_server,
+    start_worker,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-FAKE_CLAUDE = REPO / "tests" / "fake_claude" / "claude"
+# A test that asks for one of these, directly or through other fixtures, uses PostgreSQL or Redis.
+SERVICE_FIXTURES = {"db", "transactional_db", "django_db_setup", "redis_db"}
+# Tests with these marks use them too (e2e and browser tests run the gateway's own processes).
+SERVICE_MARKS = ("django_db", "e2e", "browser")
 
 
-def real_claude_bin() -> str:
-    return os.environ.get("CLAUDE_BIN_REAL") or str(REPO / "node_tools" / "node_modules" / ".bin" / "claude")
-
-
-@pytest.fixture(autouse=True)
-def _clean_redis() -> Iterator[None]:
-    """Every test starts with an empty Redis database of its own (tests.settings picks db 15)."""
-    redis_client().flushdb()
-    yield
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `services` what uses the database, Redis or the gateway's processes, before -m selects."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
+            item.get_closest_marker(name) for name in SERVICE_MARKS
+        ):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture
-def api_key(db: None) -> tuple[ApiKey, str]:
+def redis_db() -> Redis:
+    """The tests' Redis database (tests.settings picks db 15), emptied first: asked for by what uses Redis."""
+    client = redis_client()
+    client.flushdb()
+    return client
+
+
+@pytest.fixture
+def api_key(db: None, redis_db: Redis) -> tuple[ApiKey, str]:
+    # Creating a key announces it to every process's key cache through Redis.
     return services.api_key_create(name="test")
 
 
@@ -43,6 +62,12 @@ def client(api_key: tuple[ApiKey, str]) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
     return client
+
+
+@pytest.fixture
+def admin_client(admin_client, redis_db: Redis):
+    """pytest-django's, on an empty Redis: logging in clears the admin login rate limit's count there."""
+    return admin_client
 
 
 @pytest.fixture(scope="session")
@@ -74,10 +99,6 @@ def real_claude(
     return mock
 
 
-def cli_environment(mock: MockAnthropic, home: Path) -> dict[str, str]:
-    return {"ANTHROPIC_BASE_URL": mock.url, "ANTHROPIC_API_KEY": "sk-test-mock", "HOME": str(home)}
-
-
 @pytest.fixture
 def fake_claude(settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Point the runner at the fake CLI; returns a function that sets its mode."""
@@ -92,71 +113,6 @@ def fake_claude(settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return set_mode
 
 
-def run_queued_jobs() -> int:
-    """Run every queued rq job in this process (rq's SimpleWorker, burst mode); returns how many ran."""
-    import django_rq
-    from rq import SimpleWorker
-
-    queues = [django_rq.get_queue(name) for name in settings.RQ_QUEUE_NAMES]
-    worker = SimpleWorker(queues, connection=queues[0].connection)
-    before = Job.objects.filter(state__in=Job.FINISHED_STATES).count()
-    worker.work(burst=True)
-    return Job.objects.filter(state__in=Job.FINISHED_STATES).count() - before
-
-
-def process_environment(mock: MockAnthropic, home: Path, workdir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a gateway process (web or worker) started by a test: the test database."""
-    db = settings.DATABASES["default"]
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CLAUDE_BIN": real_claude_bin(),
-        "CLAUDE_WORKDIR": str(workdir),
-        "PYTHONUNBUFFERED": "1",
-        # Gateway processes record journaled cache hits themselves, as in production.
-        "GATEWAY_TEST_JOURNAL_RECORDER": "true",
-        # The MCP servers the routes start are found on PATH, as scripts/serve arranges.
-        "PATH": os.pathsep.join(
-            [
-                str(REPO / "node_tools" / "node_modules" / ".bin"),
-                str(Path(sys.executable).parent),
-                os.environ.get("PATH", ""),
-            ]
-        ),
-        **cli_environment(mock, home),
-        **extra,
-    }
-
-
-class Processes:
-    """Processes a test started, each in its own session, all stopped (group and all) at teardown."""
-
-    def __init__(self, tmp_path: Path):
-        self.tmp_path = tmp_path
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, command: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
-        log = open(self.tmp_path / f"{name}-{len(self.started)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.started.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.started:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(tmp_path)
@@ -165,80 +121,30 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 @pytest.fixture
-def worker_process(transactional_db: None, mock: MockAnthropic, tmp_path: Path, processes: Processes):
-    """Start real `manage.py rqworker` processes against the test database; returns a starter."""
-
-    def start(
-        *, claude_bin: str | None = None, env: dict[str, str] | None = None, pool: int = 0
-    ) -> subprocess.Popen:
-        n = len(processes.started)
-        extra = {**({"CLAUDE_BIN": claude_bin} if claude_bin else {}), **(env or {})}
-        full_env = process_environment(mock, tmp_path / f"home{n}", tmp_path / "workdir", **extra)
-        command = [sys.executable, "manage.py"]
-        if pool:
-            command += ["rqworker-pool", "--num-workers", str(pool)]
-        else:
-            command += ["rqworker", "--worker-ttl", "30"]
-        return processes.start(command + list(settings.RQ_QUEUE_NAMES), full_env, "worker")
-
-    return start
+def worker_process(
+    transactional_db: None, redis_db: Redis, mock: MockAnthropic, tmp_path: Path, processes: Processes
+):
+    """Start real `manage.py rqworker` processes against the test database; returns a starter
+    taking ``start_worker``'s keywords (claude_bin, env, pool)."""
+    return functools.partial(start_worker, processes, mock, tmp_path)
 
 
 @pytest.fixture
-def web_server(transactional_db: None, mock: MockAnthropic, tmp_path: Path, processes: Processes) -> str:
+def web_server(
+    transactional_db: None, redis_db: Redis, mock: MockAnthropic, tmp_path: Path, processes: Processes
+) -> str:
     """The gateway served by gunicorn, as in production, against the test database; returns its URL."""
     return start_web_server(processes, mock, tmp_path)
 
 
-def start_web_server(processes: Processes, mock: MockAnthropic, tmp_path: Path, **extra: str) -> str:
-    """Start gunicorn (2 workers) with ``extra`` environment; returns its URL once it serves."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = process_environment(
-        mock,
-        tmp_path / "webhome",
-        tmp_path / "workdir",
-        HOST="127.0.0.1",
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-        # Each server's own metrics files: gunicorn empties the directory when it starts.
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prometheus-{port}"),
-        **extra,
-    )
-    command = [
-        str(Path(sys.executable).with_name("gunicorn")),
-        "gateway_project.wsgi",
-        "--config",
-        "gateway_project/gunicorn.conf.py",
-    ]
-    proc = processes.start(command, env, "web")
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"gunicorn exited with {proc.returncode}")
-        try:
-            return requests.get(f"{url}/health", timeout=1).status_code == 200
-        except (requests.ConnectionError, requests.Timeout):  # a busy machine may be slow to boot it
-            return False
-
-    wait_for(up, timeout=30, message="gunicorn to serve")
-    return url
-
-
-def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
-    """Poll until predicate() is truthy; returns its value or fails the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+@pytest.fixture
+def http(web_server: str, api_key: tuple[ApiKey, str]) -> requests.Session:
+    """A session on the web server with the test key; ``http.base`` is the server's URL."""
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
+    session.headers["Authorization"] = f"Bearer {api_key[1]}"
+    session.base = web_server
+    return session
 
 
 @pytest.fixture

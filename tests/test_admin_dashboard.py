@@ -19,10 +19,10 @@ from rq import Worker
 from core.redis import redis_client
 from queries.models import Job, QueryRequest
 from queries.services import dashboard_figures
-from tests.admin_factories import JobFactory, RequestFactory, backdate, failed_job
+from tests.support.factories import JobFactory, RequestFactory, backdate, failed_job
 
 # Transactional: django-rq enqueues when the transaction commits.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
 
 T0 = datetime(2030, 1, 7, 12, 30, tzinfo=UTC)
 

@@ -27,21 +27,22 @@ from rq.job import Job as RqJob
 from core.redis import redis_client
 from queries import services
 from queries.models import ApiKey, Job, QueryRequest
-from tests.admin_factories import JobFactory, RequestFactory, failed_job
-from tests.conftest import run_queued_jobs, wait_for
-from tests.test_e2e import group_members
-from tests.webhook_receiver import Receiver
+from tests.support.factories import JobFactory, RequestFactory, failed_job
+from tests.support.pipeline import (
+    OTHER_KEYS,
+    QUESTION,
+    plain_hash,
+    run_queued_jobs,
+    seed_cache,
+    seed_other_keys,
+)
+from tests.support.processes import group_members
+from tests.support.receivers import NOWHERE, Receiver
+from tests.support.waiting import wait_for
 from webhooks.models import WebhookDelivery
 
 # Transactional: django-rq enqueues when the transaction commits, so the queues see nothing otherwise.
-pytestmark = pytest.mark.django_db(transaction=True)
-
-QUESTION = "What is 2+2?"
-
-
-def plain_hash(text: str = QUESTION) -> str:
-    """The hash an anonymous submission of ``text`` gets (no MCP server, no model)."""
-    return services.query_hash(normalized=services.normalize_query(text), model=None, servers=[])
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
 
 
 def queue_length(priority_queue: str = "default") -> int:
@@ -74,7 +75,7 @@ def page_messages(response) -> list[str]:
 
 def test_cancelling_a_queued_job_settles_it_removes_it_from_its_queue_and_releases_the_mark(settings, mock):
     settings.WEBHOOK_ALLOW_PRIVATE = True
-    submission = services.query_submit(api_key=None, query=QUESTION, webhook_url="http://127.0.0.1:9/hook")
+    submission = services.query_submit(api_key=None, query=QUESTION, webhook_url=NOWHERE)
     job_id = submission.job_id
     redis = redis_client()
     assert redis.get(f"dedup:{plain_hash()}").decode() == str(job_id)
@@ -224,7 +225,7 @@ def test_reconcile_settles_running_jobs_whose_worker_is_gone_and_spares_live_one
     just_started = JobFactory(
         state=Job.State.RUNNING, started_at=timezone.now(), finished_at=None, worker_name="gone-host:1"
     )
-    RequestFactory(job=orphan, webhook_url="http://127.0.0.1:9/hook")
+    RequestFactory(job=orphan, webhook_url=NOWHERE)
     # A live worker (registered, heartbeating) that is executing on_live_worker's rq job.
     queue = django_rq.get_queue("default")
     worker = Worker([queue], connection=redis_client(), name="live-worker")
@@ -273,32 +274,6 @@ def no_keys_command(monkeypatch):
         raise AssertionError("KEYS blocks Redis: the purge must use SCAN")
 
     monkeypatch.setattr(Redis, "keys", refuse)
-
-
-def seed_cache(n: int) -> list[str]:
-    redis = redis_client()
-    hashes = [f"{i:064x}" for i in range(n)]
-    pipe = redis.pipeline()
-    for h in hashes:
-        pipe.set(f"claude:{h}", json.dumps({"jobId": "x", "result": {}}), ex=600)
-    pipe.execute()
-    return hashes
-
-
-OTHER_KEYS = [
-    "dedup:abc",
-    "metrics:counters",
-    "claudeish",
-    "rq:queue:default",
-    "gateway:1:claude:x",
-    "x:claude:1",
-]
-
-
-def seed_other_keys() -> None:
-    redis = redis_client()
-    for key in OTHER_KEYS:
-        redis.set(key, "keep")
 
 
 def test_purge_all_deletes_every_cached_answer_in_batches_and_nothing_else(no_keys_command):
@@ -458,7 +433,7 @@ def test_job_page_shows_answer_cli_json_costs_timings_requests_and_deliveries(op
         duration_ms=640,
         started_at=timezone.now() - timedelta(seconds=3),
     )
-    request = RequestFactory(job=job, webhook_url="http://127.0.0.1:9/hook")
+    request = RequestFactory(job=job, webhook_url=NOWHERE)
     WebhookDelivery.objects.create(
         request=request, url=request.webhook_url, event="query.completed", body="{}", max_attempts=8
     )

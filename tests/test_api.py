@@ -147,7 +147,7 @@ def test_missing_key_is_401():
         {"HTTP_X_API_KEY": "cgw_wrong"},
     ],
 )
-def test_wrong_key_is_401(headers):
+def test_wrong_key_is_401(headers, redis_db):
     response = APIClient().post("/api/query", {"query": "x"}, format="json", **headers)
     assert_error(response, 401, "authentication_error")
 
@@ -202,7 +202,7 @@ def test_unknown_path_is_json_404(client):
     assert_error(client.get("/api/nothing-here"), 404, "not_found_error")
 
 
-def test_auth_can_be_switched_off_for_development(settings):
+def test_auth_can_be_switched_off_for_development(settings, redis_db):
     settings.GATEWAY_REQUIRE_AUTH = False
     anonymous = APIClient()
     job_id = anonymous.post("/api/query", {"query": "x"}, format="json").json()["jobId"]

@@ -16,16 +16,16 @@ import sys
 import pytest
 from django.conf import settings
 
-from tests.conftest import REPO
+from tests.support import REPO
+from tests.support.processes import database_url
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300), pytest.mark.usefixtures("redis_db")]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (.ci/run installs it)")
 def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
-    db = settings.DATABASES["default"]
     # A database of its own next to the suite's: the benchmark drops and recreates it.
-    database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}_bench"
+    bench_database_url = database_url(suffix="_bench")
     out = tmp_path / "bench.md"
     done = subprocess.run(
         [
@@ -33,7 +33,7 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
             "bench/gateway_bench.py",
             "--smoke",
             "--database-url",
-            database_url,
+            bench_database_url,
             "--redis-url",
             settings.REDIS_URL,
             "--out",

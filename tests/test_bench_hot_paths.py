@@ -18,9 +18,9 @@ from core.redis import redis_client
 from queries import auth, services
 from queries.models import ApiKey, Job, QueryRequest
 from queries.services import journal, run
-from tests.conftest import run_queued_jobs
+from tests.support.pipeline import run_queued_jobs
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
 
 
 def post(client: APIClient, query: str):

@@ -7,12 +7,12 @@ status and the message an operator sees (``manage.py`` prints ``CommandError: ..
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
@@ -22,9 +22,17 @@ from core.redis import redis_client
 from queries import services
 from queries.models import ApiKey, Job
 from queries.services import operations
-from tests.admin_factories import JobFactory, failed_job
-from tests.conftest import REPO, run_queued_jobs
-from tests.test_admin_operations import OTHER_KEYS, QUESTION, plain_hash, seed_cache, seed_other_keys
+from tests.support import REPO
+from tests.support.factories import JobFactory, failed_job
+from tests.support.pipeline import (
+    OTHER_KEYS,
+    QUESTION,
+    plain_hash,
+    run_queued_jobs,
+    seed_cache,
+    seed_other_keys,
+)
+from tests.support.processes import database_url
 
 # Transactional: django-rq enqueues when the transaction commits, and worker processes read the rows.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,13 +46,10 @@ def run(*args: str) -> tuple[str, str]:
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     """``manage.py`` as an operator runs it, against the test database."""
-    import os
-
-    db = settings.DATABASES["default"]
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         **env,
     }
     return subprocess.run(
@@ -82,7 +87,7 @@ def test_every_command_explains_itself(command):
 # --- create_api_key ------------------------------------------------------------------------------------
 
 
-def test_create_api_key_prints_the_key_alone_on_the_last_line():
+def test_create_api_key_prints_the_key_alone_on_the_last_line(redis_db):
     out, err = run("create_api_key", "deploy-bot")
     key = out.strip().splitlines()[-1]
     assert ApiKey.objects.get(name="deploy-bot").key_hash == ApiKey.hash_key(key)
@@ -98,13 +103,13 @@ def test_create_api_key_refuses_a_blank_name():
 # --- gateway_query -------------------------------------------------------------------------------------
 
 
-def test_gateway_query_prints_a_cached_answer_at_once():
+def test_gateway_query_prints_a_cached_answer_at_once(redis_db):
     services.cache_put(job=JobFactory(hash=plain_hash(), response="four"))
     out, err = run("gateway_query", "  what is 2+2?")
     assert out.strip() == "four" and ": cached, job" in err
 
 
-def test_gateway_query_without_wait_prints_the_job_id_and_queues_it():
+def test_gateway_query_without_wait_prints_the_job_id_and_queues_it(redis_db):
     out, err = run("gateway_query", QUESTION, "--priority", "high")
     job = Job.objects.get(id=out.strip())
     assert job.priority == "high" and job.state == Job.State.QUEUED
@@ -120,7 +125,7 @@ def test_gateway_query_waits_for_a_real_worker_and_the_real_cli(worker_process):
         run("gateway_query", "[[mock:error=400]] hello", "--wait", "--timeout", "60")
 
 
-def test_gateway_query_wait_gives_up_with_a_hint_when_no_worker_runs():
+def test_gateway_query_wait_gives_up_with_a_hint_when_no_worker_runs(redis_db):
     with pytest.raises(CommandError, match=r"still queued after 0.5 s. Is a worker running"):
         run("gateway_query", QUESTION, "--wait", "--timeout", "0.5")
 
@@ -135,7 +140,7 @@ def test_gateway_query_refuses_a_blank_query_with_a_non_zero_exit():
 # --- purge_cache ---------------------------------------------------------------------------------------
 
 
-def test_purge_cache_all_deletes_cached_answers_only():
+def test_purge_cache_all_deletes_cached_answers_only(redis_db):
     seed_cache(7)
     seed_other_keys()
     out, _ = run("purge_cache", "--all")
@@ -144,7 +149,7 @@ def test_purge_cache_all_deletes_cached_answers_only():
     assert all(redis_client().get(key) == b"keep" for key in OTHER_KEYS)
 
 
-def test_purge_cache_by_hash_and_its_failures():
+def test_purge_cache_by_hash_and_its_failures(redis_db):
     hashes = seed_cache(2)
     out, _ = run("purge_cache", "--hash", hashes[0])
     assert out.strip() == f"Purged the cached answer of {hashes[0]}."
@@ -166,7 +171,7 @@ def test_purge_cache_reports_redis_down_cleanly():
 # --- retry_failed --------------------------------------------------------------------------------------
 
 
-def test_retry_failed_retries_failures_within_the_window(real_claude):
+def test_retry_failed_retries_failures_within_the_window(real_claude, redis_db):
     recent = failed_job(query=QUESTION, hash=plain_hash(), finished_at=timezone.now() - timedelta(minutes=20))
     failed_job(finished_at=timezone.now() - timedelta(hours=5))
     out, _ = run("retry_failed", "--since", "30m")
@@ -184,7 +189,7 @@ def test_retry_failed_refuses_a_bad_duration():
         run("retry_failed", "--since", "yesterday")
 
 
-def test_retry_failed_exits_non_zero_when_a_retry_cannot_be_queued(monkeypatch):
+def test_retry_failed_exits_non_zero_when_a_retry_cannot_be_queued(monkeypatch, redis_db):
     failed_job()
 
     def refuse(*, job: Job) -> None:
@@ -200,14 +205,14 @@ def test_retry_failed_exits_non_zero_when_a_retry_cannot_be_queued(monkeypatch):
 # --- cancel_job ----------------------------------------------------------------------------------------
 
 
-def test_cancel_job_cancels_a_queued_job():
+def test_cancel_job_cancels_a_queued_job(redis_db):
     job_id = services.query_submit(api_key=None, query=QUESTION).job_id
     out, _ = run("cancel_job", str(job_id))
     assert out.strip() == f"Job {job_id} cancelled."
     assert Job.objects.get(id=job_id).state == Job.State.CANCELLED
 
 
-def test_cancel_job_failures():
+def test_cancel_job_failures(redis_db):
     with pytest.raises(CommandError, match="No job"):
         run("cancel_job", "00000000-0000-0000-0000-000000000000")
     with pytest.raises(CommandError, match="No job"):
@@ -262,7 +267,7 @@ def test_reconcile_and_gateway_stats_fail_cleanly_without_redis():
         assert "Traceback" not in result.stderr
 
 
-def test_reconcile_reports_an_orphaned_job():
+def test_reconcile_reports_an_orphaned_job(redis_db):
     orphan = JobFactory(
         state=Job.State.RUNNING,
         finished_at=None,

@@ -11,7 +11,7 @@ from queries import services
 from queries.models import Job, QueryRequest
 from queries.services import dedup, journal, submit
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
 
 
 def submit_in_threads(count: int, **kwargs) -> list[services.Submission]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -13,46 +12,14 @@ import requests
 from core.redis import redis_client
 from queries import services
 from queries.models import Job, QueryRequest
-from tests.conftest import wait_for
+from tests.support.processes import group_members
+from tests.support.waiting import wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def http(web_server, api_key):
-    session = requests.Session()
-    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
-    session.headers["Authorization"] = f"Bearer {api_key[1]}"
-    session.base = web_server
-    return session
-
-
 def submit(http, body: dict) -> requests.Response:
     return http.post(f"{http.base}/api/query", json=body, timeout=30)
-
-
-def wait_finished(http, job_id: str, timeout: float = 60) -> dict:
-    def finished():
-        body = http.get(f"{http.base}/api/query/{job_id}", timeout=10).json()
-        return body if body["state"] in ("completed", "failed", "cancelled") else None
-
-    return wait_for(finished, timeout=timeout, message=f"job {job_id} to finish")
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 def test_query_is_answered_by_the_real_cli_then_served_from_cache(http, worker_process, mock):

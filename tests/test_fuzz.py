@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from queries.services import normalize_query, query_hash
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 # What must hold for every generated request, valid or not. Left out: positive_data_acceptance (a
 # schema-valid webhookUrl is still refused when its host does not resolve to a public address, and

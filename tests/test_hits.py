@@ -21,7 +21,7 @@ from queries.models import ApiKey, Job, QueryRequest
 from queries.services import journal
 from routing.services import route_query
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
 
 QUERY = "What is 2+2?"
 

@@ -7,9 +7,7 @@ import io
 import json
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,11 @@ import requests
 from core import logs
 from queries.models import Job, QueryRequest
 from routing.models import IntentRule, McpServer
-from tests.conftest import run_queued_jobs, wait_for
+from tests.support import REPO
+from tests.support.pipeline import run_queued_jobs
+from tests.support.processes import start_web_server
+from tests.support.receivers import Receiver
+from tests.support.waiting import wait_for
 
 MCP_SECRET = "mcp-env-secret-6f1d9a2c"
 MCP_HEADER_SECRET = "mcp-header-secret-77ab10"
@@ -170,26 +172,11 @@ sys.exit(1)
 """
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        _Hook.received.append({"headers": dict(self.headers), "body": body.decode()})
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_no_api_key_webhook_secret_or_mcp_secret_reaches_any_log_line(
     mock, tmp_path, processes, worker_process, api_key
 ):
-    from tests.conftest import start_web_server
-
     cli = tmp_path / "claude"
     cli.write_text(ECHOING_CLI.format(python=sys.executable))
     cli.chmod(0o755)
@@ -199,22 +186,20 @@ def test_no_api_key_webhook_secret_or_mcp_secret_reaches_any_log_line(
     rule = IntentRule.objects.create(name="vault", pattern=r"\bvault\b", order=1)
     rule.servers.add(server)
 
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
     env = {
         "WEBHOOK_SECRET": WEBHOOK_SECRET,
         "WEBHOOK_ALLOW_PRIVATE": "true",
         "LOG_LEVEL": "DEBUG",
         "CLAUDE_BIN": str(cli),
     }
-    try:
+    with Receiver() as hook:
         url = start_web_server(processes, mock, tmp_path, **env)
         worker_process(claude_bin=str(cli), env=env)
         key = api_key[1]
         http = requests.Session()
         response = http.post(
             f"{url}/api/query",
-            json={"query": "read the vault please", "webhookUrl": f"http://127.0.0.1:{hook.server_port}/h"},
+            json={"query": "read the vault please", "webhookUrl": hook.url("/h")},
             headers={"Authorization": f"Bearer {key}"},
             timeout=30,
         )
@@ -230,9 +215,7 @@ def test_no_api_key_webhook_secret_or_mcp_secret_reaches_any_log_line(
             message="the job to fail",
         )
         assert job.state == "failed" and MCP_SECRET in job.stderr_tail  # the CLI did print it
-        wait_for(lambda: _Hook.received, timeout=20, message="the webhook")
-    finally:
-        hook.shutdown()
+        hook.wait_for(1, timeout=20)
 
     log_files = sorted(Path(tmp_path).glob("web-*.log")) + sorted(Path(tmp_path).glob("worker-*.log"))
     lines = [line for f in log_files for line in f.read_text().splitlines() if line.strip()]
@@ -254,6 +237,6 @@ def test_a_bad_log_format_stops_start_up_naming_the_variable():
         env={**os.environ, "LOG_FORMAT": "xml", "DJANGO_SETTINGS_MODULE": "gateway_project.settings"},
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO,
     )
     assert result.returncode != 0 and "LOG_FORMAT" in result.stderr

@@ -4,7 +4,6 @@ dashboard, checked without a container engine (PyYAML, promtool, and a real scra
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,8 +13,9 @@ import yaml
 from django.test import Client
 
 from core import metrics
-from tests.conftest import REPO, run_queued_jobs
-from tests.test_metrics import parse_samples
+from tests.support import REPO
+from tests.support.metrics import parse_samples, promtool
+from tests.support.pipeline import run_queued_jobs
 
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -32,15 +32,6 @@ REQUIRED_PANELS = {
     "Webhook deliveries per minute by outcome": {"claude_webhook_deliveries_total"},
 }
 METRIC_NAME = re.compile(r"\b((?:claude|django)_[a-z0-9_]+)\b")
-
-
-def promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs the Debian package prometheus")
-        pytest.skip("promtool is not installed (the Debian package prometheus; .ci/run installs it)")
-    return binary
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -140,7 +131,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_every_metric_the_dashboard_uses_is_in_a_real_scrape(client, real_claude):
     client.post("/api/query", {"query": "What is 2+2?"}, format="json")

@@ -18,8 +18,8 @@ import requests
 from django.db.models import Sum
 
 from queries.models import Job, QueryRequest
-from tests.conftest import wait_for
-from tests.test_metrics import parse_samples, promtool_check, value
+from tests.support.metrics import parse_samples, promtool_check, value
+from tests.support.waiting import wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -55,28 +55,19 @@ def metrics_scrapers(web_log: Path) -> set[int]:
 
 
 def test_counts_are_exact_on_every_scrape_whichever_process_answers(
-    web_server, worker_process, api_key, processes, tmp_path
+    web_server, worker_process, http, processes, tmp_path
 ):
     worker_process(pool=2)
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {api_key[1]}"
 
     def submit(body: dict) -> requests.Response:
         return http.post(f"{web_server}/api/query", json=body, timeout=30)
-
-    def finished(job_id: str) -> dict:
-        def done():
-            body = http.get(f"{web_server}/api/query/{job_id}", timeout=10).json()
-            return body if body["state"] in ("completed", "failed") else None
-
-        return wait_for(done, timeout=90, message=f"job {job_id}")
 
     posts = 0
     completed = submit({"query": "What is 2+2?"}).json()["jobId"]
     failed = submit({"query": "[[mock:error=400]] refuse this"}).json()["jobId"]
     posts += 2
-    assert finished(completed)["state"] == "completed"
-    assert finished(failed)["error"]["type"] == "cli_error"
+    assert wait_finished(http, completed, timeout=90)["state"] == "completed"
+    assert wait_finished(http, failed, timeout=90)["error"]["type"] == "cli_error"
     cached = submit({"query": "  WHAT is 2+2?"})
     posts += 1
     assert cached.status_code == 200 and cached.json()["cached"] is True
@@ -98,7 +89,7 @@ def test_counts_are_exact_on_every_scrape_whichever_process_answers(
         timeout=30,
         message="the running CLI to show on /metrics",
     )
-    assert finished(joined[0].json()["jobId"])["state"] == "completed"
+    assert wait_finished(http, joined[0].json()["jobId"], timeout=90)["state"] == "completed"
 
     sums = Job.objects.aggregate(cost=Sum("cost_usd"), input=Sum("input_tokens"), output=Sum("output_tokens"))
     expected = {

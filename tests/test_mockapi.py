@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from tests.mockapi import MockAnthropic
+from tests.support import REPO
+from tests.support.processes import NODE_BIN
 
-REPO = Path(__file__).resolve().parent.parent
-NODE_BIN = REPO / "node_tools" / "node_modules" / ".bin"
 MCP_FILESYSTEM = NODE_BIN / "mcp-server-filesystem"
 CLI_TIMEOUT = 60
 

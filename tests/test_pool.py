@@ -27,8 +27,8 @@ from core.metrics import COUNTERS_KEY
 from core.redis import redis_client
 from queries import pool, services
 from queries.models import Job
-from tests.conftest import FAKE_CLAUDE, real_claude_bin, wait_for
-from tests.test_e2e import group_members, wait_finished
+from tests.support.processes import FAKE_CLAUDE, group_members, real_claude_bin
+from tests.support.waiting import wait_finished, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -399,7 +399,7 @@ def counters() -> dict[str, int]:
     return {k.decode(): int(float(v)) for k, v in raw.items() if b"pool" in k}
 
 
-def test_a_handed_cli_with_the_right_options_is_a_hit(tmp_path, db):
+def test_a_handed_cli_with_the_right_options_is_a_hit(tmp_path, db, redis_db):
     config = fake_config(tmp_path)
     invocation = ClaudeInvocation(prompt="q")
     warm = start_warm(invocation, config)
@@ -412,7 +412,7 @@ def test_a_handed_cli_with_the_right_options_is_a_hit(tmp_path, db):
     assert counters() == {"claude_cli_pool_hits_total": 1}
 
 
-def test_a_handed_cli_with_other_options_is_killed_and_the_job_starts_cold(tmp_path, db):
+def test_a_handed_cli_with_other_options_is_killed_and_the_job_starts_cold(tmp_path, db, redis_db):
     config = fake_config(tmp_path)
     warm = start_warm(ClaudeInvocation(prompt="", model="haiku"), config)
     pool.hand_over(warm)
@@ -422,7 +422,7 @@ def test_a_handed_cli_with_other_options_is_killed_and_the_job_starts_cold(tmp_p
     assert counters() == {"claude_cli_pool_misses_total": 1}
 
 
-def test_without_a_handed_cli_a_run_is_a_miss_only_when_pooling_is_on(tmp_path, db, settings):
+def test_without_a_handed_cli_a_run_is_a_miss_only_when_pooling_is_on(tmp_path, db, redis_db, settings):
     config = fake_config(tmp_path)
     settings.CLAUDE_POOL_SIZE = 0
     assert pool.pool_claim(invocation=ClaudeInvocation(prompt="q"), config=config) is None
@@ -433,7 +433,7 @@ def test_without_a_handed_cli_a_run_is_a_miss_only_when_pooling_is_on(tmp_path, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_enqueued_job_carries_its_pool_descriptor():
+def test_an_enqueued_job_carries_its_pool_descriptor(redis_db):
     submission = services.query_submit(api_key=None, query="carry my meta", model="sonnet")
     rq_job = django_rq.get_queue("default").fetch_job(str(submission.job_id))
     assert pool.descriptor_from_meta(rq_job.meta) == ("sonnet", ())
@@ -494,14 +494,6 @@ def test_the_real_cli_warm_with_an_mcp_server_uses_its_tools(mock, tmp_path):
 
 
 # --- end to end: gunicorn, a real rq worker with its pool, the real CLI --------------------------------
-
-
-@pytest.fixture
-def http(web_server, api_key):
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {api_key[1]}"
-    session.base = web_server
-    return session
 
 
 def submit_and_wait(http, body: dict, timeout: float = 60) -> dict:
@@ -623,7 +615,7 @@ def test_a_warm_cli_times_out_like_a_cold_one_and_leaves_no_process(http, worker
 # --- a worker that died mid-job --------------------------------------------------------------------------
 
 
-def test_running_jobs_of_a_dead_worker_on_this_host_fail_as_worker_lost(db):
+def test_running_jobs_of_a_dead_worker_on_this_host_fail_as_worker_lost(db, redis_db):
     import socket
     import subprocess
 
@@ -649,7 +641,7 @@ def test_running_jobs_of_a_dead_worker_on_this_host_fail_as_worker_lost(db):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_pool_refills_only_when_no_job_is_waiting(fake_pool, fake_claude, settings):
+def test_the_pool_refills_only_when_no_job_is_waiting(fake_pool, fake_claude, settings, redis_db):
     from queries.worker import GatewayInProcessWorker
 
     queues = [django_rq.get_queue(name) for name in settings.RQ_QUEUE_NAMES]
@@ -664,7 +656,9 @@ def test_the_pool_refills_only_when_no_job_is_waiting(fake_pool, fake_claude, se
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_pool_refills_once_the_clis_still_answering_have_finished(fake_pool, settings, monkeypatch):
+def test_the_pool_refills_once_the_clis_still_answering_have_finished(
+    fake_pool, settings, monkeypatch, redis_db
+):
     """After a burst the last jobs' CLIs keep the CPU to themselves; the refill follows them."""
     from core.metrics import CLI_RUNNING_KEY
     from queries.worker import GatewayInProcessWorker

@@ -16,9 +16,9 @@ from rest_framework.test import APIClient
 from core.redis import redis_client
 from queries import quotas, services
 from queries.models import ApiKey, Job, QueryRequest
-from tests.conftest import run_queued_jobs
+from tests.support.pipeline import run_queued_jobs
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
 
 
 def make_key(**limits) -> tuple[ApiKey, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 
@@ -11,15 +10,10 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import Processes, start_web_server, wait_for
+from tests.support.processes import Processes, free_port, start_web_server
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_redis(processes: Processes, port: int) -> subprocess.Popen:

@@ -24,7 +24,7 @@ from routing.services import (
     route_query,
     routing_invalidate,
 )
-from tests.conftest import run_queued_jobs
+from tests.support.pipeline import run_queued_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -174,7 +174,7 @@ def test_http_servers_become_typed_entries():
     assert server.cli_entry() == {"type": "http", "url": "https://mcp.example.com/mcp", "headers": {"A": "b"}}
 
 
-def test_the_job_records_intent_and_servers_and_the_hash_covers_them(seeded):
+def test_the_job_records_intent_and_servers_and_the_hash_covers_them(seeded, redis_db):
     web = services.query_submit(api_key=None, query="call the api")
     job = Job.objects.get(id=web.job_id)
     assert job.intent == "web" and job.mcp_servers == ["fetch"]
@@ -187,7 +187,7 @@ def test_the_job_records_intent_and_servers_and_the_hash_covers_them(seeded):
     assert Job.objects.get(id=other.job_id).intent == "general"
 
 
-def test_results_carry_intent_and_servers(seeded, fake_claude, tmp_path):
+def test_results_carry_intent_and_servers(seeded, fake_claude, tmp_path, redis_db):
     argv_file = tmp_path / "argv.json"
     fake_claude("ok", FAKE_CLAUDE_ARGV_FILE=str(argv_file))
     submission = services.query_submit(api_key=None, query="refactor this function")
@@ -198,7 +198,7 @@ def test_results_carry_intent_and_servers(seeded, fake_claude, tmp_path):
     assert argv[argv.index("--allowedTools") + 1] == "mcp__github"
 
 
-def test_secrets_stay_out_of_jobs_queues_argv_and_logs(seeded, fake_claude, tmp_path, caplog):
+def test_secrets_stay_out_of_jobs_queues_argv_and_logs(seeded, fake_claude, tmp_path, caplog, redis_db):
     secret = "ghp_TopSecretToken123"
     McpServer.objects.filter(name="github").update(env={"GITHUB_PERSONAL_ACCESS_TOKEN": secret})
     routing_invalidate()
@@ -221,7 +221,7 @@ def test_secrets_stay_out_of_jobs_queues_argv_and_logs(seeded, fake_claude, tmp_
     assert secret not in json.dumps(preview.argv) and "***" in json.dumps(preview.argv)
 
 
-def test_a_server_disabled_before_the_job_runs_fails_it_as_mcp_unavailable(seeded, fake_claude):
+def test_a_server_disabled_before_the_job_runs_fails_it_as_mcp_unavailable(seeded, fake_claude, redis_db):
     fake_claude("ok")
     submission = services.query_submit(api_key=None, query="select the rows")
     McpServer.objects.filter(name="sqlite").update(enabled=False)
@@ -239,7 +239,7 @@ def test_route_for_job_uses_the_servers_configuration_as_it_is_now(seeded):
     assert route.cache_ttl == 300
 
 
-def test_a_never_cache_rule_neither_stores_nor_serves_from_the_cache(seeded, fake_claude):
+def test_a_never_cache_rule_neither_stores_nor_serves_from_the_cache(seeded, fake_claude, redis_db):
     fake_claude("ok")
     first = services.query_submit(api_key=None, query="select the rows")
     run_queued_jobs()
@@ -250,7 +250,7 @@ def test_a_never_cache_rule_neither_stores_nor_serves_from_the_cache(seeded, fak
     assert services.query_submit(api_key=None, query="select the rows").outcome == "queued"
 
 
-def test_a_rule_ttl_bounds_the_cache_entry(seeded, fake_claude):
+def test_a_rule_ttl_bounds_the_cache_entry(seeded, fake_claude, redis_db):
     fake_claude("ok")
     submission = services.query_submit(api_key=None, query="call the api")
     run_queued_jobs()

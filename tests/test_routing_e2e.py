@@ -6,33 +6,19 @@ import json
 import time
 
 import pytest
-import requests
 
 from queries.models import Job
 from routing.models import IntentRule, McpServer
-from tests.conftest import wait_for
+from tests.support.waiting import wait_finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def http(web_server, api_key):
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {api_key[1]}"
-    session.base = web_server
-    return session
 
 
 def run(http, query: str) -> tuple[dict, Job]:
     job_id = http.post(f"{http.base}/api/query", json={"query": query, "noCache": True}, timeout=30).json()[
         "jobId"
     ]
-
-    def finished():
-        body = http.get(f"{http.base}/api/query/{job_id}", timeout=10).json()
-        return body if body["state"] in ("completed", "failed") else None
-
-    return wait_for(finished, timeout=60, message=f"job {job_id}"), Job.objects.get(id=job_id)
+    return wait_finished(http, job_id), Job.objects.get(id=job_id)
 
 
 def tools_offered(mock, index: int = -1) -> list[str]:

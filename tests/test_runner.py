@@ -22,9 +22,9 @@ from claude_cli.invocation import (
     preview_argv,
 )
 from claude_cli.runner import run_claude
+from tests.support.processes import FAKE_CLAUDE, NODE_BIN
 
-FAKE_CLAUDE = Path(__file__).parent / "fake_claude" / "claude"
-REAL_CLAUDE = Path(__file__).resolve().parent.parent / "node_tools" / "node_modules" / ".bin" / "claude"
+REAL_CLAUDE = NODE_BIN / "claude"
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,7 +21,8 @@ from rest_framework.test import APIClient
 from core import admin_login
 from queries import services
 from queries.models import ApiKey, Job
-from tests.conftest import REPO, run_queued_jobs
+from tests.support import REPO
+from tests.support.pipeline import run_queued_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -251,7 +252,7 @@ def key_client() -> tuple[ApiKey, APIClient]:
     return row, client
 
 
-def test_by_default_keys_share_neither_cached_answers_nor_in_flight_jobs(fake_claude, settings):
+def test_by_default_keys_share_neither_cached_answers_nor_in_flight_jobs(fake_claude, settings, redis_db):
     assert settings.CACHE_SCOPE == "key"
     _, tenant_a = key_client()
     _, tenant_b = key_client()
@@ -265,7 +266,7 @@ def test_by_default_keys_share_neither_cached_answers_nor_in_flight_jobs(fake_cl
     assert tenant_b.get(f"/api/query/{a['jobId']}").status_code == 404
 
 
-def test_global_scope_shares_answers_across_keys(fake_claude, settings):
+def test_global_scope_shares_answers_across_keys(fake_claude, settings, redis_db):
     settings.CACHE_SCOPE = "global"
     _, tenant_a = key_client()
     _, tenant_b = key_client()
@@ -277,7 +278,7 @@ def test_global_scope_shares_answers_across_keys(fake_claude, settings):
     assert tenant_b.get(f"/api/query/{a['jobId']}").status_code == 200
 
 
-def test_a_key_cannot_see_another_keys_job_by_guessing_its_id(fake_claude):
+def test_a_key_cannot_see_another_keys_job_by_guessing_its_id(fake_claude, redis_db):
     _, owner = key_client()
     _, stranger = key_client()
     job_id = post(owner, {"query": "private"}).json()["jobId"]
@@ -300,7 +301,7 @@ ADMIN_PAGES = [
 
 
 @pytest.mark.parametrize("path", ADMIN_PAGES)
-def test_admin_and_queue_pages_are_staff_only(path):
+def test_admin_and_queue_pages_are_staff_only(path, redis_db):
     anonymous = Client().get(path)
     assert anonymous.status_code == 302 and "/admin/login/" in anonymous["Location"]
 
@@ -324,7 +325,7 @@ def login(client: Client, username: str, password: str, address: str = "203.0.11
     )
 
 
-def test_admin_login_attempts_are_rate_limited(settings):
+def test_admin_login_attempts_are_rate_limited(settings, redis_db):
     settings.ADMIN_LOGIN_MAX_FAILURES = 3
     User.objects.create_user("operator", password="the right passphrase", is_staff=True)
     client = Client()
@@ -342,7 +343,7 @@ def test_admin_login_attempts_are_rate_limited(settings):
     assert login(Client(), "other", "another passphrase", address="198.51.100.2").status_code == 302
 
 
-def test_a_successful_login_clears_its_usernames_count(settings):
+def test_a_successful_login_clears_its_usernames_count(settings, redis_db):
     settings.ADMIN_LOGIN_MAX_FAILURES = 3
     User.objects.create_user("operator", password="the right passphrase", is_staff=True)
     for _ in range(2):

@@ -19,8 +19,9 @@ from core.redis import redis_client
 from queries import services
 from queries.models import Job, QueryRequest
 from routing.models import IntentRule, McpServer
-from tests.conftest import start_web_server, wait_for
-from tests.webhook_receiver import Receiver
+from tests.support.processes import start_web_server
+from tests.support.receivers import Receiver
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
-import factory
 import pytest
 import time_machine
 from django.core.management import call_command
@@ -27,52 +26,26 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from core.redis import redis_client
 from queries import services as query_services
 from queries.models import Job, QueryRequest
-from tests.conftest import REPO, run_queued_jobs
-from tests.webhook_receiver import HANG, Receiver, Reply
+from tests.support import REPO
+from tests.support.factories import JobFactory, RequestFactory
+from tests.support.pipeline import run_queued_jobs
+from tests.support.receivers import HANG, NOWHERE, SECRET, Receiver, Reply, verify
 from webhooks import services, signing
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSecret
 
-SECRET = "whsec_" + base64.b64encode(b"gateway-webhook-test-secret-0001").decode()
 T0 = datetime(2030, 1, 7, 12, 0, 0, tzinfo=UTC)
 
 
-class JobFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Job
-
-    hash = factory.Sequence(lambda n: f"{n:064x}")
-    query = "What is 2+2?"
-    normalized_query = "what is 2+2?"
-    state = Job.State.COMPLETED
-    progress = 100
-    response = "4"
-    model = "claude-test"
-    finished_at = factory.LazyFunction(timezone.now)
-
-
-class RequestFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = QueryRequest
-
-    job = factory.SubFactory(JobFactory)
-    query = factory.LazyAttribute(lambda o: o.job.query)
-    hash = factory.LazyAttribute(lambda o: o.job.hash)
-    outcome = QueryRequest.Outcome.QUEUED
-    webhook_url = "http://127.0.0.1:9/hook"
-
-
 @pytest.fixture
-def hooks(settings):
-    """Webhooks to loopback receivers, signed with a known WEBHOOK_SECRET, on the default schedule."""
+def hooks(settings, redis_db):
+    """Webhooks to loopback receivers, signed with a known WEBHOOK_SECRET, on the default schedule.
+
+    Deliveries use Redis: their tries are rq jobs, their outcomes counted in the metrics."""
     settings.WEBHOOK_ALLOW_PRIVATE = True
     settings.WEBHOOK_SECRET = SECRET
     settings.WEBHOOK_TIMEOUT = 5.0
     settings.WEBHOOK_RETRY_SCHEDULE = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
     return settings
-
-
-def verify(received, secret: str = SECRET) -> dict:
-    return Webhook(secret).verify(received.body, received.headers)
 
 
 def deliver(request: QueryRequest) -> WebhookDelivery:
@@ -197,7 +170,7 @@ def test_a_request_without_a_webhook_url_gets_no_delivery(hooks, real_claude, cl
 
 
 def test_a_joined_request_racing_its_job_gets_exactly_one_delivery(hooks, db):
-    request = RequestFactory(outcome=QueryRequest.Outcome.DEDUPLICATED)
+    request = RequestFactory(outcome=QueryRequest.Outcome.DEDUPLICATED, webhook_url=NOWHERE)
     services.webhook_on_request(request=request)
     services.webhook_on_job_finished(job=request.job)
     services.webhook_on_request(request=request)
@@ -207,7 +180,9 @@ def test_a_joined_request_racing_its_job_gets_exactly_one_delivery(hooks, db):
 
 def test_a_request_whose_job_is_still_running_waits_for_the_job(hooks, db):
     request = RequestFactory(
-        outcome=QueryRequest.Outcome.DEDUPLICATED, job=JobFactory(state=Job.State.RUNNING, finished_at=None)
+        outcome=QueryRequest.Outcome.DEDUPLICATED,
+        job=JobFactory(state=Job.State.RUNNING, finished_at=None),
+        webhook_url=NOWHERE,
     )
     services.webhook_on_request(request=request)
     assert not WebhookDelivery.objects.exists()
@@ -219,7 +194,7 @@ def test_a_request_whose_job_is_still_running_waits_for_the_job(hooks, db):
 
 def test_a_worker_lost_job_is_delivered_as_failed(hooks, db):
     job = JobFactory(state=Job.State.RUNNING, finished_at=None, response="")
-    request = RequestFactory(job=job)
+    request = RequestFactory(job=job, webhook_url=NOWHERE)
     assert query_services.job_worker_lost(job_id=job.id, reason="The worker process died.")
     body = json.loads(WebhookDelivery.objects.get(request=request).body)
     assert body["type"] == "query.failed" and body["data"]["error"]["type"] == "worker_lost"
@@ -356,7 +331,7 @@ def test_only_64_kib_of_a_response_is_read_and_an_excerpt_kept(hooks, db):
     assert attempt.response_excerpt == "x" * services.RESPONSE_EXCERPT_CHARS
 
 
-def test_the_http_seam_reads_at_most_64_kib(hooks):
+def test_the_http_seam_reads_at_most_64_kib():
     from core import outbound
 
     with Receiver([Reply(200, body=b"y" * (1024 * 1024))]) as receiver:
@@ -469,7 +444,7 @@ def test_with_redis_flushed_mid_schedule_the_sweeper_completes_the_delivery(hook
 
 @pytest.mark.django_db(transaction=True)
 def test_the_sweeper_does_not_queue_a_try_that_is_already_queued(hooks):
-    deliver(RequestFactory())
+    deliver(RequestFactory(webhook_url=NOWHERE))
     queue_length = redis_client().llen("rq:queue:high")
     assert queue_length == 1
     assert services.webhook_deliveries_sweep() == 0
@@ -505,7 +480,7 @@ def test_a_try_cut_short_by_a_dying_worker_is_closed_and_made_again(hooks, db):
 
 
 def test_a_due_delivery_whose_last_try_was_cut_short_is_failed_by_the_sweeper(hooks, db):
-    delivery = deliver(RequestFactory())
+    delivery = deliver(RequestFactory(webhook_url=NOWHERE))
     WebhookDelivery.objects.filter(id=delivery.id).update(
         attempts=F("max_attempts"), next_attempt_at=timezone.now() - timedelta(seconds=1)
     )

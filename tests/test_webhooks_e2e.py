@@ -6,9 +6,8 @@ import pytest
 
 from core.redis import redis_client
 from queries import services as query_services
-from tests.conftest import wait_for
-from tests.test_webhooks import SECRET, verify
-from tests.webhook_receiver import Receiver
+from tests.support.receivers import SECRET, Receiver, verify
+from tests.support.waiting import wait_for
 from webhooks.models import WebhookDelivery
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from core import outbound
 from queries.models import Job, QueryRequest
-from tests.conftest import run_queued_jobs
-from tests.test_webhooks import SECRET, RequestFactory, verify
-from tests.webhook_receiver import Receiver
+from tests.support.factories import RequestFactory
+from tests.support.pipeline import run_queued_jobs
+from tests.support.receivers import SECRET, Receiver, verify
 from webhooks import services
 from webhooks.models import WebhookDelivery
 
@@ -125,7 +125,7 @@ def test_every_non_public_target_is_refused_at_connect(strict, db, canary):
         assert result.error.startswith("refused: the URL"), (url, result.error)
 
 
-def test_a_delivery_to_a_non_public_target_fails_at_once_without_a_connection(strict, db, canary):
+def test_a_delivery_to_a_non_public_target_fails_at_once_without_a_connection(strict, db, canary, redis_db):
     for url in refused_urls(canary.port)[:12]:
         request = RequestFactory(webhook_url=url)
         services.webhook_on_job_finished(job=request.job)
@@ -213,7 +213,9 @@ def test_the_whole_pipeline_never_reaches_a_rebound_canary(strict, real_claude, 
     assert delivery.state == "failed" and "non-public" in delivery.last_error
 
 
-def test_the_connection_goes_to_the_checked_address_with_the_names_host_header(settings, db, monkeypatch):
+def test_the_connection_goes_to_the_checked_address_with_the_names_host_header(
+    settings, db, monkeypatch, redis_db
+):
     settings.WEBHOOK_ALLOW_PRIVATE = True
     settings.WEBHOOK_SECRET = SECRET
     dns = Rebinding([ipaddress.ip_address("127.0.0.1")], [ipaddress.ip_address("10.9.9.9")])

@@ -11,9 +11,9 @@ import pytest
 from core.redis import redis_client
 from queries import services
 from queries.models import Job
-from tests.conftest import run_queued_jobs
+from tests.support.pipeline import run_queued_jobs
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
 
 
 def submit(query: str = "What is 2+2?", **kwargs) -> services.Submission:

@@ -22,8 +22,10 @@ from core.redis import redis_client
 from queries import services
 from queries.models import Job
 from routing.models import IntentRule
-from tests.admin_factories import failed_job
-from tests.conftest import REPO, start_web_server, wait_for
+from tests.support import REPO
+from tests.support.factories import failed_job
+from tests.support.processes import start_web_server
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -58,7 +60,7 @@ def static_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def server(transactional_db, mock, tmp_path, processes, static_var_dir) -> str:
+def server(transactional_db, redis_db, mock, tmp_path, processes, static_var_dir) -> str:
     return start_web_server(processes, mock, tmp_path, GATEWAY_VAR_DIR=str(static_var_dir))
 
 

@@ -1,4 +1,4 @@
-"""Rows for the admin and operations tests: jobs and requests in any state, at any time."""
+"""Rows in any state, at any time: jobs and the requests that point to them (factory_boy)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class JobFactory(factory.django.DjangoModelFactory):
 
 
 class RequestFactory(factory.django.DjangoModelFactory):
+    """A caller's request; without ``webhook_url`` it asks for no delivery."""
+
     class Meta:
         model = QueryRequest
 
