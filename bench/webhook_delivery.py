@@ -67,7 +67,7 @@ def main() -> None:
 
     from core.redis import redis_client
     from queries.models import Job, QueryRequest
-    from tests.webhook_receiver import Receiver
+    from tests.support.receivers import Receiver
     from webhooks import services
     from webhooks.models import WebhookDelivery
 
