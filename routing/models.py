@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
-from routing.patterns import PatternError, compile_pattern
+from routing.patterns import PatternError, compile_exclusions, compile_pattern
 
 # The CLI names a server's tools mcp__<name>__<tool>: keep names to characters that survive that.
 server_name_validator = RegexValidator(
@@ -105,12 +105,23 @@ class McpServer(models.Model):
 
 
 class IntentRule(models.Model):
-    """Queries matching ``pattern`` have intent ``name`` and get ``servers``. First match by order wins."""
+    """Queries whose text shows ``pattern`` have intent ``name`` and get ``servers``.
+
+    Rules are tried by ``order``; the first that matches wins. Text matched by ``exclusions`` (the
+    everyday uses of a rule's words) is set aside first, so it cannot count as evidence.
+    """
 
     name = models.CharField(max_length=64, unique=True, help_text="The intent, e.g. web or database.")
     pattern = models.TextField(
-        help_text="A regular expression (RE2 syntax: linear time, no backreferences), matched "
-        "case-insensitively anywhere in the query. Use \\b for whole words."
+        help_text="Regular expressions (RE2 syntax: linear time, no lookaround or backreferences), "
+        "one per line, matched case-insensitively anywhere in the query: the rule matches when any "
+        "line does. Use \\b for whole words."
+    )
+    exclusions = models.TextField(
+        blank=True,
+        help_text="Regular expressions, one per line, for text that is not evidence of this intent "
+        "(e.g. 'file' as a verb: \\bto file\\b). What they match is set aside before the pattern "
+        "is tried, so evidence elsewhere in the query still counts.",
     )
     order = models.PositiveIntegerField(default=100, help_text="Rules are tried in ascending order.")
     enabled = models.BooleanField(default=True)
@@ -132,7 +143,11 @@ class IntentRule(models.Model):
         return self.name
 
     def clean(self) -> None:
-        try:
-            compile_pattern(self.pattern)
-        except PatternError as exc:
-            raise ValidationError({"pattern": str(exc)}) from None
+        errors = {}
+        for field, compile_field in (("pattern", compile_pattern), ("exclusions", compile_exclusions)):
+            try:
+                compile_field(getattr(self, field))
+            except PatternError as exc:
+                errors[field] = str(exc)
+        if errors:
+            raise ValidationError(errors)

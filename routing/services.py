@@ -1,9 +1,12 @@
 """Intent detection: which MCP servers a query calls for, from operator-editable rules.
 
 Patterns come from operators and queries from anyone, so matching uses RE2 (linear time in the
-query's length, no catastrophic backtracking). Compiled rules are cached per process and reloaded
-from the database at most ROUTING_REFRESH_SECONDS after they were loaded, so an edit made in any
-process reaches every web and worker process within that time, without a restart.
+query's length, no catastrophic backtracking). A rule's exclusions blank out the everyday uses of
+its words before its pattern is tried, so only real evidence of an intent routes a query to a
+server. No model is asked: routing costs a few regular expression searches. Compiled rules are
+cached per process and reloaded from the database at most ROUTING_REFRESH_SECONDS after they were
+loaded, so an edit made in any process reaches every web and worker process within that time,
+without a restart.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from claude_cli.invocation import ClaudeInvocation, RunnerConfig, masked_mcp_config, preview_argv
 from routing.models import IntentRule, McpServer
-from routing.patterns import PatternError, compile_pattern
+from routing.patterns import (
+    LineMatch,
+    PatternError,
+    compile_exclusions,
+    compile_pattern,
+    first_line_match,
+    line_matches,
+    mask,
+)
 
 GENERAL_INTENT = "general"
 
@@ -57,9 +68,15 @@ class Route:
 
 @dataclass(frozen=True)
 class _Rule:
+    order: int
     pattern: str
+    exclusions: str
     route: Route
     regex: Any = field(compare=False)
+    exclusion_regex: Any = field(compare=False)
+
+    def matches(self, query: str) -> bool:
+        return self.regex.search(mask(self.exclusion_regex, query)) is not None
 
 
 # Routes of recent queries, per set of rules loaded: a repeated query (a cache hit) skips the patterns.
@@ -89,7 +106,7 @@ class _RuleCache:
         routes = self._routes
         route = routes.get(query)
         if route is None:
-            route = next((rule.route for rule in rules if rule.regex.search(query)), Route())
+            route = next((rule.route for rule in rules if rule.matches(query)), Route())
             if len(query) <= _ROUTE_QUERY_MAX_CHARS and rules is self._rules:
                 if len(routes) >= _ROUTES_REMEMBERED:
                     routes.clear()
@@ -105,6 +122,7 @@ def _load_rules() -> list[_Rule]:
     for rule in IntentRule.objects.filter(enabled=True).prefetch_related("servers").order_by("order", "name"):
         try:
             regex = compile_pattern(rule.pattern)
+            exclusion_regex = compile_exclusions(rule.exclusions)
         except PatternError:
             continue  # refused at save time; a row written around the admin must not break routing
         servers = sorted((s for s in rule.servers.all() if s.enabled), key=lambda s: s.name)
@@ -114,7 +132,16 @@ def _load_rules() -> list[_Rule]:
             cache_ttl=rule.cache_ttl,
             workdir=next((s.workdir for s in servers if s.workdir), None),
         )
-        rules.append(_Rule(pattern=rule.pattern, route=route, regex=regex))
+        rules.append(
+            _Rule(
+                order=rule.order,
+                pattern=rule.pattern,
+                exclusions=rule.exclusions,
+                route=route,
+                regex=regex,
+                exclusion_regex=exclusion_regex,
+            )
+        )
     return rules
 
 
@@ -167,11 +194,72 @@ def route_for_job(*, intent: str, server_names: list[str]) -> Route:
 
 
 @dataclass(frozen=True)
+class RuleCheck:
+    """Why one rule did or did not decide a query's route."""
+
+    intent: str
+    order: int
+    # The pattern line that matched the query outside its excluded text, and what it matched.
+    matched: LineMatch | None
+    # The exclusion lines that set text aside, and that text.
+    excluded: list[LineMatch]
+    # The pattern line that matched only inside excluded text: the exclusions vetoed this rule.
+    vetoed: LineMatch | None
+
+
+@dataclass(frozen=True)
+class RouteExplanation:
+    """The rules a query was tried against, in order, up to the one that decided its route."""
+
+    route: Route
+    mcp_enabled: bool
+    checks: list[RuleCheck]
+
+    @property
+    def deciding(self) -> RuleCheck | None:
+        return self.checks[-1] if self.checks and self.checks[-1].matched else None
+
+    @property
+    def vetoed(self) -> list[RuleCheck]:
+        return [check for check in self.checks if check.vetoed is not None]
+
+
+def route_explain(*, query: str) -> RouteExplanation:
+    """Route a query as route_query does and say why: which line of which rule matched what text,
+    and which exclusions kept other rules from matching. Meant for operators, not the hot path."""
+    checks = []
+    route = Route()
+    for rule in _cache.rules():
+        masked = mask(rule.exclusion_regex, query)
+        matched = rule.regex.search(masked) is not None
+        excluded = line_matches(rule.exclusions, query) if masked != query else []
+        vetoed = None
+        if not matched and excluded and rule.regex.search(query) is not None:
+            vetoed = first_line_match(rule.pattern, query)
+        if matched or vetoed:
+            checks.append(
+                RuleCheck(
+                    intent=rule.route.intent,
+                    order=rule.order,
+                    matched=first_line_match(rule.pattern, masked, shown=query) if matched else None,
+                    excluded=excluded,
+                    vetoed=vetoed,
+                )
+            )
+        if matched:
+            route = rule.route
+            break
+    enabled = bool(settings.MCP_ENABLED)
+    return RouteExplanation(route=route if enabled else Route(), mcp_enabled=enabled, checks=checks)
+
+
+@dataclass(frozen=True)
 class RoutePreview:
     """What would happen to a query: the route, the rule that matched, and the CLI argv (masked)."""
 
     route: Route
     rule_order: int | None
+    explanation: RouteExplanation
     argv: list[str]
     mcp_config: dict[str, Any] | None
     workdir: str
@@ -180,7 +268,8 @@ class RoutePreview:
 def route_preview(*, query: str) -> RoutePreview:
     """Route a query as a submission would and show the CLI argv a worker would run, secrets masked."""
     route = route_query(query=query)
-    rule = IntentRule.objects.filter(name=route.intent).only("order").first()
+    explanation = route_explain(query=query)
+    deciding = explanation.deciding
     invocation = ClaudeInvocation(
         prompt=query,
         mcp_config=route.mcp_config(),
@@ -190,7 +279,8 @@ def route_preview(*, query: str) -> RoutePreview:
     config = RunnerConfig.from_settings(settings)
     return RoutePreview(
         route=route,
-        rule_order=rule.order if rule is not None else None,
+        rule_order=deciding.order if deciding is not None and route.intent == deciding.intent else None,
+        explanation=explanation,
         argv=preview_argv(invocation, config),
         mcp_config=masked_mcp_config(route.mcp_config()),
         workdir=str(route.workdir or config.workdir or ""),

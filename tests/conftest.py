@@ -149,7 +149,7 @@ def http(web_server: str, api_key: tuple[ApiKey, str]) -> requests.Session:
 
 @pytest.fixture
 def seeded(db: None) -> None:
-    """The default routes, as the data migration makes them (transactional tests empty the tables)."""
+    """The default routes, as the data migrations make them (transactional tests empty the tables)."""
     import importlib
 
     from django.apps import apps
@@ -157,4 +157,7 @@ def seeded(db: None) -> None:
     from routing.services import routing_invalidate
 
     importlib.import_module("routing.migrations.0002_seed_default_routes").seed(apps, None)
+    importlib.import_module("routing.migrations.0003_rule_exclusions_and_evidence_rules").update_seeded_rules(
+        apps, None
+    )
     routing_invalidate()

@@ -33,9 +33,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
     ("query", "intent", "servers"),
     [
         ("Fetch https://example.com and summarise it", "web", ["fetch"]),
-        ("What does the GraphQL endpoint return?", "web", ["fetch"]),
+        ("What does the GraphQL endpoint at https://api.example.com/graphql return?", "web", ["fetch"]),
         ("Write SQL to list users", "database", ["sqlite"]),
-        ("which TABLE holds orders", "database", ["sqlite"]),
+        ("which columns does the ORDERS TABLE have", "database", ["sqlite"]),
         ("Open the file and count lines", "filesystem", ["filesystem"]),
         ("summarise notes.md please", "filesystem", ["filesystem"]),
         ("Refactor this function", "code", ["github"]),
@@ -67,7 +67,7 @@ def test_seeding_again_keeps_operator_edits(seeded):
 
 
 def test_rules_are_tried_in_order(seeded):
-    query = "fetch the rows of that table"  # web and database words
+    query = "fetch https://example.com/export.csv into the orders table"  # web and database evidence
     assert route_query(query=query).intent == "web"
     IntentRule.objects.filter(name="database").update(order=5)
     routing_invalidate()
@@ -77,10 +77,10 @@ def test_rules_are_tried_in_order(seeded):
 def test_disabled_rules_are_skipped_and_disabled_servers_left_out(seeded):
     IntentRule.objects.filter(name="web").update(enabled=False)
     routing_invalidate()
-    assert route_query(query="call the api").intent == "general"
+    assert route_query(query="fetch https://example.com/status").intent == "general"
     McpServer.objects.filter(name="sqlite").update(enabled=False)
     routing_invalidate()
-    route = route_query(query="select everything")
+    route = route_query(query="select * from orders")
     assert route.intent == "database" and route.server_names == []
 
 
@@ -133,9 +133,11 @@ def test_a_pathological_pattern_against_a_long_hostile_query_stays_fast():
 
 
 def test_cli_arguments_name_exactly_the_chosen_servers_and_allow_their_tools(seeded):
-    route = route_query(query="call the api")
+    route = route_query(query="fetch https://example.com/status")
     invocation = ClaudeInvocation(
-        prompt="call the api", mcp_config=route.mcp_config(), allowed_tools=route.allowed_tools()
+        prompt="fetch https://example.com/status",
+        mcp_config=route.mcp_config(),
+        allowed_tools=route.allowed_tools(),
     )
     argv = build_argv(invocation, RunnerConfig(binary="claude", timeout=5))
     config = json.loads(argv[argv.index("--mcp-config") + 1])
@@ -143,7 +145,7 @@ def test_cli_arguments_name_exactly_the_chosen_servers_and_allow_their_tools(see
     assert "--strict-mcp-config" in argv
     tools = argv[argv.index("--allowedTools") + 1 : argv.index("--")]
     assert tools == ["mcp__fetch"]
-    assert argv[-2:] == ["--", "call the api"]
+    assert argv[-2:] == ["--", "fetch https://example.com/status"]
 
 
 def test_a_filesystem_server_serves_its_configured_directory(tmp_path):
@@ -175,14 +177,16 @@ def test_http_servers_become_typed_entries():
 
 
 def test_the_job_records_intent_and_servers_and_the_hash_covers_them(seeded, redis_db):
-    web = services.query_submit(api_key=None, query="call the api")
+    web = services.query_submit(api_key=None, query="fetch https://example.com/status")
     job = Job.objects.get(id=web.job_id)
     assert job.intent == "web" and job.mcp_servers == ["fetch"]
-    assert job.hash == services.query_hash(normalized="call the api", model=None, servers=["fetch"])
+    assert job.hash == services.query_hash(
+        normalized="fetch https://example.com/status", model=None, servers=["fetch"]
+    )
     # After a routing change the same text has another server set, so it is neither joined nor cached.
     IntentRule.objects.filter(name="web").update(enabled=False)
     routing_invalidate()
-    other = services.query_submit(api_key=None, query="call the api")
+    other = services.query_submit(api_key=None, query="fetch https://example.com/status")
     assert other.job_id != web.job_id and other.outcome == "queued"
     assert Job.objects.get(id=other.job_id).intent == "general"
 
@@ -223,7 +227,7 @@ def test_secrets_stay_out_of_jobs_queues_argv_and_logs(seeded, fake_claude, tmp_
 
 def test_a_server_disabled_before_the_job_runs_fails_it_as_mcp_unavailable(seeded, fake_claude, redis_db):
     fake_claude("ok")
-    submission = services.query_submit(api_key=None, query="select the rows")
+    submission = services.query_submit(api_key=None, query="select * from orders")
     McpServer.objects.filter(name="sqlite").update(enabled=False)
     run_queued_jobs()
     job = Job.objects.get(id=submission.job_id)
@@ -241,18 +245,18 @@ def test_route_for_job_uses_the_servers_configuration_as_it_is_now(seeded):
 
 def test_a_never_cache_rule_neither_stores_nor_serves_from_the_cache(seeded, fake_claude, redis_db):
     fake_claude("ok")
-    first = services.query_submit(api_key=None, query="select the rows")
+    first = services.query_submit(api_key=None, query="select * from orders")
     run_queued_jobs()
     job = Job.objects.get(id=first.job_id)
     assert job.state == Job.State.COMPLETED and job.use_cache is False
     assert redis_client().get(f"claude:{job.hash}") is None
     services.cache_put(job=job)  # an entry from before the policy changed is not served either
-    assert services.query_submit(api_key=None, query="select the rows").outcome == "queued"
+    assert services.query_submit(api_key=None, query="select * from orders").outcome == "queued"
 
 
 def test_a_rule_ttl_bounds_the_cache_entry(seeded, fake_claude, redis_db):
     fake_claude("ok")
-    submission = services.query_submit(api_key=None, query="call the api")
+    submission = services.query_submit(api_key=None, query="fetch https://example.com/status")
     run_queued_jobs()
     job = Job.objects.get(id=submission.job_id)
     assert 0 < redis_client().ttl(f"claude:{job.hash}") <= 300
