@@ -1,3 +1,6 @@
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
@@ -5,6 +8,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from routing.models import IntentRule, McpServer
+from routing.patterns import pattern_lines
 from routing.services import route_preview
 
 MASK = "***"
@@ -44,17 +48,44 @@ class McpServerAdmin(admin.ModelAdmin):
 
 @admin.register(IntentRule)
 class IntentRuleAdmin(admin.ModelAdmin):
-    list_display = ("name", "order", "enabled", "pattern", "server_names", "cache_ttl", "updated_at")
+    list_display = (
+        "name",
+        "order",
+        "enabled",
+        "pattern_summary",
+        "exclusion_count",
+        "server_names",
+        "cache_ttl",
+        "updated_at",
+    )
     list_display_links = ("name",)
     list_editable = ("order", "enabled")
     list_filter = ("enabled", "servers")
-    search_fields = ("name", "pattern", "description")
+    search_fields = ("name", "pattern", "exclusions", "description")
     filter_horizontal = ("servers",)
     ordering = ("order", "name")
     change_list_template = "admin/routing/intentrule/change_list.html"
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).prefetch_related("servers")
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in ("pattern", "exclusions"):
+            # One regular expression per line: long lines, read as code.
+            kwargs["widget"] = forms.Textarea(
+                attrs={"rows": 14, "cols": 110, "wrap": "off", "style": "font-family: monospace"}
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    @admin.display(description="pattern")
+    def pattern_summary(self, rule: IntentRule) -> str:
+        lines = pattern_lines(rule.pattern)
+        first = lines[0] if lines else ""
+        return first[:80] + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+
+    @admin.display(description="exclusions")
+    def exclusion_count(self, rule: IntentRule) -> int:
+        return len(pattern_lines(rule.exclusions))
 
     @admin.display(description="MCP servers")
     def server_names(self, rule: IntentRule) -> str:
