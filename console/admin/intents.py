@@ -98,7 +98,8 @@ class IntentRuleAdmin(admin.ModelAdmin):
         ]
 
     def test_view(self, request: HttpRequest) -> TemplateResponse:
-        """Route a query as a submission would, and show the CLI argv a worker would run (masked)."""
+        """Route a query as a submission would: the rule line and text behind the route, the exclusions
+        that set text aside, and the CLI argv a worker would run (masked)."""
         query = request.POST.get("query", "") if request.method == "POST" else request.GET.get("query", "")
         preview = route_preview(query=query) if query.strip() else None
         context = {
