@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from claude_cli.invocation import ClaudeInvocation
 from claude_cli.runner import run_claude
+from core import humanize
 from core.health import cli_version
 from queries.pool import runner_config
 
@@ -45,6 +46,7 @@ class Command(BaseCommand):
         self.stdout.write(f"answer:  {str(data.get('result', '')).strip()[:200]}")
         cost = data.get("total_cost_usd")
         self.stdout.write(
-            f"took {outcome.duration:.1f} s" + (f", cost ${cost}" if isinstance(cost, int | float) else "")
+            f"took {humanize.duration(outcome.duration)}"
+            + (f", cost {humanize.usd(cost)}" if isinstance(cost, int | float) else "")
         )
         self.stdout.write("Claude CLI OK")
