@@ -302,8 +302,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # whitenoise's compressed manifest storage; before collectstatic (or for a file collected
+    # later), plain URLs that whitenoise serves from the apps (core/staticfiles.py, gateway.W002).
+    "staticfiles": {"BACKEND": "core.staticfiles.GatewayStaticFilesStorage"},
 }
+WHITENOISE_USE_FINDERS = True
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "text"))
