@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from core import cli_tools
 from core.env import (
     env_args,
     env_bool,
@@ -206,7 +207,10 @@ if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # The Claude CLI
-CLAUDE_BIN = env_str("CLAUDE_BIN", "claude")
+# Unset: `claude` on PATH, else the pinned CLI in node_tools/, whoever started the process.
+CLAUDE_BIN = cli_tools.claude_bin(env_str("CLAUDE_BIN", ""))
+# Appended to the CLI's PATH where missing, so the MCP servers' commands are found there too.
+CLAUDE_TOOL_DIRS = cli_tools.tool_dirs()
 CLAUDE_TIMEOUT = env_float("CLAUDE_TIMEOUT", 120.0, minimum=0.1)
 CLAUDE_KILL_GRACE = env_float("CLAUDE_KILL_GRACE", 5.0, minimum=0.0)
 CLAUDE_EXTRA_ARGS = env_args("CLAUDE_EXTRA_ARGS")
