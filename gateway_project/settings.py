@@ -159,6 +159,10 @@ QUERY_MAX_CHARS = env_int("QUERY_MAX_CHARS", 100_000, minimum=1)
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 16 * 1024, minimum=2)
 REQUEST_MAX_BYTES = env_int("REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
+# What gunicorn reads and drops of a refused body before closing, so the close is not a TCP reset
+# that loses the JSON 413 (core.limits.discard_body); bigger or slower bodies are cut off.
+REQUEST_DISCARD_MAX_BYTES = env_int("REQUEST_DISCARD_MAX_BYTES", 16 * 1024 * 1024, minimum=0)
+REQUEST_DISCARD_SECONDS = env_float("REQUEST_DISCARD_SECONDS", 10.0, minimum=0.0)
 CACHE_ENABLED = env_bool("CACHE_ENABLED", True)
 CACHE_TTL = env_int("CACHE_TTL", 3600, minimum=1)
 # A cache hit's QueryRequest row goes through the Redis stream journal:requests and is written in
