@@ -30,10 +30,16 @@ class GatewayStaticFilesStorage(CompressedManifestStaticFilesStorage):
         except ValueError:
             # The manifest is missing or stale; collectstatic's own post-processing never comes here.
             clean = name.split("?", 1)[0].split("#", 1)[0]
-            if not self._unhashed_logged:
+            if not self.hashed_files:
+                if not self._unhashed_logged:
+                    logger.warning(
+                        "static files have not been collected: serving them unhashed from the apps; "
+                        "run manage.py collectstatic"
+                    )
+            elif clean not in self._unhashed_logged:
                 logger.warning(
-                    "static files are not collected (or were collected before %s existed): serving them "
-                    "unhashed from the apps; run manage.py collectstatic",
+                    "%s is not in the static files manifest (collected before it existed): serving it "
+                    "unhashed from its app; run manage.py collectstatic",
                     clean,
                 )
             self._unhashed_logged.add(clean)
