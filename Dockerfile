@@ -3,7 +3,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends nodejs npm && r
 WORKDIR /app
 COPY node_tools/package.json node_tools/package-lock.json node_tools/
 RUN npm ci --prefix node_tools --no-audit --no-fund --loglevel=error
-ENV PATH="/app/node_tools/node_modules/.bin:$PATH" PYTHONUNBUFFERED=1
+# HOST: listen on the container's interfaces (gunicorn binds 127.0.0.1 by default).
+ENV PATH="/app/node_tools/node_modules/.bin:$PATH" PYTHONUNBUFFERED=1 HOST=0.0.0.0
 COPY pyproject.toml README.md ./
 RUN pip install --no-cache-dir .
 COPY . .

@@ -111,12 +111,14 @@ def scrape_samples(url: str) -> dict[tuple[str, tuple], float]:
 
 def per_process_files_comparison(processes: int) -> tuple[int, list[float]]:
     """Scrape cost if every work horse had kept prometheus_client multiprocess files of its own."""
+    from core.metrics import DURATION_BUCKETS
+
     directory = Path(tempfile.mkdtemp(prefix="bench-horse-files-"))
     writer = (
         "import os,sys\n"
         "from prometheus_client import Counter, Histogram\n"
         "c = Counter('claude_jobs_completed', 'x'); f = Counter('claude_jobs_failed', 'x', ['reason'])\n"
-        "h = Histogram('claude_execution_duration_seconds', 'x', buckets=(0.5,1,2,5,10,30,60,120,300,600))\n"
+        "h = Histogram('claude_execution_duration_seconds', 'x', buckets=" + repr(DURATION_BUCKETS) + ")\n"
         "t = Counter('claude_tokens', 'x', ['type']); k = Counter('claude_cost_usd', 'x')\n"
         "n = int(sys.argv[1])\n"
         "for _ in range(n):\n"

@@ -59,6 +59,9 @@ class RunnerConfig:
     # The environment holds ANTHROPIC_API_KEY: keep it out of repr.
     env: Mapping[str, str] | None = field(default=None, repr=False)
     disable_nonessential_traffic: bool = True
+    # Appended to the CLI's PATH where missing: the gateway's own command directories, so the CLI
+    # and the MCP servers it starts are found whoever started this process.
+    tool_dirs: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunnerConfig:
@@ -72,6 +75,7 @@ class RunnerConfig:
             extra_args=tuple(getattr(settings, "CLAUDE_EXTRA_ARGS", ())),
             max_output_bytes=int(getattr(settings, "CLAUDE_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES)),
             disable_nonessential_traffic=bool(getattr(settings, "CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC", True)),
+            tool_dirs=tuple(getattr(settings, "CLAUDE_TOOL_DIRS", ())),
         )
 
 

@@ -42,6 +42,9 @@ def child_env(config: RunnerConfig) -> dict[str, str]:
     if config.disable_nonessential_traffic:
         # Without it every run makes a second upstream request for a session title.
         env.setdefault(NONESSENTIAL_TRAFFIC_VAR, "1")
+    if config.tool_dirs:
+        path = [entry for entry in env.get("PATH", os.defpath).split(os.pathsep) if entry]
+        env["PATH"] = os.pathsep.join([*path, *(d for d in config.tool_dirs if d not in path)])
     return env
 
 
@@ -51,7 +54,7 @@ def resolve_binary(binary: str, env: Mapping[str, str]) -> str:
         return os.path.abspath(binary)
     found = shutil.which(binary, path=env.get("PATH", os.defpath))
     if found is None:
-        raise StartError(f"Claude CLI {binary!r} was not found on PATH (CLAUDE_BIN)")
+        raise StartError(f"Claude CLI {binary!r} was not found on PATH or in node_tools/ (CLAUDE_BIN)")
     return found
 
 

@@ -36,3 +36,21 @@ def check_auth_required(app_configs: object, **kwargs: object) -> list[Warning]:
             )
         ]
     return []
+
+
+@register("gateway")
+def check_static_files_collected(app_configs: object, **kwargs: object) -> list[Warning]:
+    # Not tagged "staticfiles": collectstatic runs those checks first and would warn about itself.
+    from core.staticfiles import manifest_missing
+
+    if manifest_missing():
+        return [
+            Warning(
+                f"Static files have not been collected into STATIC_ROOT ({settings.STATIC_ROOT}): the "
+                "admin's and the API docs' files are served from the apps, uncompressed and without "
+                "long-lived caching.",
+                hint="Run `manage.py collectstatic --noinput` (scripts/serve and the Docker image do).",
+                id="gateway.W002",
+            )
+        ]
+    return []

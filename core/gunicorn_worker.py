@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from gunicorn import glogging, util
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -58,6 +59,40 @@ class JsonErrorThreadWorker(ThreadWorker):
         # The base worker's handle_error calls gunicorn.util.write_error by module attribute.
         util.write_error = write_json_error
         super().init_process()
+
+    def handle_request(self, req, conn) -> bool:  # noqa: ANN001
+        keepalive = super().handle_request(req, conn)
+        if not keepalive:
+            # The connection closes next. A body the application did not read (a 413 answered from
+            # Content-Length) is read first, within bounds, so the close is not a reset that loses
+            # the answer (core.limits.discard_body). Kept-alive connections need nothing: gunicorn
+            # skips an unread body before it parses the next request.
+            unread_body_discard(req, conn.sock)
+        return keepalive
+
+
+def unread_body_discard(req, sock) -> None:  # noqa: ANN001
+    # Imported here: gunicorn's master imports this module before Django's settings are configured.
+    from core.limits import discard_body
+
+    max_bytes = getattr(settings, "REQUEST_DISCARD_MAX_BYTES", 16 * 1024 * 1024)
+    length = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), None)
+    if length is not None and (not length.isdigit() or int(length) > max_bytes):
+        return  # more than would be read: closing now loses nothing more than draining part of it
+    try:
+        timeout = sock.gettimeout()
+    except OSError:
+        return
+    discard_body(
+        req.body.read,
+        max_bytes=max_bytes,
+        seconds=getattr(settings, "REQUEST_DISCARD_SECONDS", 10.0),
+        set_timeout=sock.settimeout,
+    )
+    try:
+        sock.settimeout(timeout)
+    except OSError:
+        pass
 
 
 class GatewayLogger(glogging.Logger):

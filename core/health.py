@@ -63,7 +63,8 @@ def _check_workers() -> dict[str, Any]:
 
 
 def cli_version() -> tuple[str | None, str | None]:
-    """(path, version) of CLAUDE_BIN; the version is asked at most every few minutes."""
+    """(path, version) of CLAUDE_BIN (settings resolved it: core.cli_tools); the version is asked at
+    most every few minutes."""
     path = shutil.which(settings.CLAUDE_BIN)
     if path is None:
         return None, None
@@ -87,7 +88,7 @@ def cli_version() -> tuple[str | None, str | None]:
 def _check_cli() -> dict[str, Any]:
     path, version = cli_version()
     if path is None:
-        raise RuntimeError(f"{settings.CLAUDE_BIN!r} not found on PATH")
+        raise RuntimeError(f"{settings.CLAUDE_BIN!r} not found on PATH or in node_tools/")
     if version is None:
         raise RuntimeError(f"{path} did not report a version")
     return {"path": path, "version": version}

@@ -55,10 +55,19 @@ logger = logging.getLogger(__name__)
 COUNTERS_KEY = "metrics:counters"
 CLI_RUNNING_KEY = "metrics:cli_running"
 
-# A CLI run takes from half a second (a cached-prompt answer) to CLAUDE_TIMEOUT (up to minutes).
+# A warm CLI answers in 0.07-0.1 s, a cold one in about half a second, and a run may last until
+# CLAUDE_TIMEOUT (minutes): fine steps below a second, so p50/p95 of warm runs mean something.
 DURATION_BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
     0.5,
+    0.75,
     1.0,
+    1.5,
     2.0,
     3.0,
     5.0,

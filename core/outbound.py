@@ -1,7 +1,8 @@
 """The one way out: URL safety (SSRF) and the HTTP POST itself, for webhooks and anything else.
 
 Every outbound request goes through ``post``. It resolves the host once, refuses non-public addresses
-(unless WEBHOOK_ALLOW_PRIVATE), and connects to the address it checked, so a name that resolves to a
+(unless WEBHOOK_ALLOW_PRIVATE; link-local and cloud metadata addresses always), and connects to the
+address it checked, so a name that resolves to a
 public address at the check and to a private one a moment later (DNS rebinding) cannot redirect it.
 The Host header and, for https, the SNI name and certificate check still use the URL's host name.
 Redirects are never followed; at most ``max_bytes`` of the response are read; ``timeout`` bounds the
@@ -33,6 +34,23 @@ _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$
 # IPv6 prefixes that carry an IPv4 address the packet may end up at: IPv4-compatible (deprecated) and
 # the NAT64 well-known prefix. IPv4-mapped and 6to4 are handled by ipaddress itself.
 _EMBEDS_IPV4 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+# Refused even with WEBHOOK_ALLOW_PRIVATE: a local receiver never lives there, and the instance
+# metadata services there hand out the machine's cloud credentials. Link-local covers AWS, GCP,
+# Azure, OCI and DigitalOcean (169.254.169.254), ECS task credentials (169.254.170.2) and Azure's
+# IMDS; the rest are metadata services outside it.
+_ALWAYS_REFUSED = (
+    ipaddress.IPv4Network("169.254.0.0/16"),  # IPv4 link-local
+    ipaddress.IPv6Network("fe80::/10"),  # IPv6 link-local
+    ipaddress.IPv6Network("fd00:ec2::254/128"),  # AWS IMDS over IPv6
+    ipaddress.IPv4Network("100.100.100.200/32"),  # Alibaba Cloud
+    ipaddress.IPv4Network("192.0.0.192/32"),  # Oracle Cloud (classic)
+    ipaddress.IPv4Network("168.63.129.16/32"),  # Azure WireServer (a public address)
+)
+# Names of metadata services, refused before any lookup (they resolve to the addresses above inside
+# their clouds, and nowhere else).
+_METADATA_NAMES = frozenset(
+    ("metadata.google.internal", "metadata.goog", "instance-data.ec2.internal", "metadata.azure.internal")
+)
 
 
 class UnsafeUrl(ValueError):
@@ -62,6 +80,17 @@ def address_is_public(address: IPAddress) -> bool:
         if embedded is not None:
             return address_is_public(embedded)
     return address.is_global and not address.is_multicast
+
+
+def address_is_metadata(address: IPAddress) -> bool:
+    """True for a link-local or cloud metadata address, also when written inside an IPv6 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and any(address in net for net in _EMBEDS_IPV4):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and address_is_metadata(embedded):
+            return True
+    return any(address.version == net.version and address in net for net in _ALWAYS_REFUSED)
 
 
 def url_target(url: str) -> Target:
@@ -103,8 +132,18 @@ def literal_address(host: str) -> IPAddress | None:
         return None
 
 
+def metadata_host_check(host: str) -> None:
+    """Refuse a link-local or metadata address, or a metadata service's name, whatever the settings."""
+    literal = literal_address(host)
+    if literal is not None and address_is_metadata(literal):
+        raise UnsafeUrl(f"points to a link-local or cloud metadata address ({literal})")
+    if host.lower() in _METADATA_NAMES:
+        raise UnsafeUrl("points to a cloud metadata service")
+
+
 def host_check(host: str) -> None:
     """Refuse host spellings that name a private target without DNS: literals, numeric forms, localhost."""
+    metadata_host_check(host)
     literal = literal_address(host)
     if literal is not None:
         if not address_is_public(literal):
@@ -137,33 +176,46 @@ def resolve_addresses(host: str, port: int) -> list[IPAddress]:
 
 
 def checked_addresses(target: Target, *, allow_private: bool) -> list[IPAddress]:
-    """Resolve the target's host; every address must be public unless private ones are allowed."""
-    if not allow_private:
+    """Resolve the target's host; every address must be public unless private ones are allowed, and
+    none may be link-local or a cloud metadata address either way."""
+    if allow_private:
+        metadata_host_check(target.host)
+    else:
         host_check(target.host)
     addresses = resolve_addresses(target.host, target.port)
-    if not allow_private:
-        for address in addresses:
-            if not address_is_public(address):
-                raise UnsafeUrl(f"host {target.host!r} resolves to a non-public address ({address})")
+    for address in addresses:
+        if address_is_metadata(address):
+            raise UnsafeUrl(
+                f"host {target.host!r} resolves to a link-local or cloud metadata address ({address})"
+            )
+        if not allow_private and not address_is_public(address):
+            raise UnsafeUrl(f"host {target.host!r} resolves to a non-public address ({address})")
     return addresses
 
 
 def url_check(url: str, *, allow_private: bool | None = None, resolve: bool = True) -> None:
     """Raise UnsafeUrl unless ``url`` is an http(s) URL whose host is a public address.
 
-    Loopback, private, link-local (169.254.169.254 included), CGNAT, unspecified, multicast and
-    IPv4-in-IPv6 targets are refused, as are numeric IPv4 spellings and user@host, unless
-    WEBHOOK_ALLOW_PRIVATE is on. Names are resolved and every address must be public. ``post`` checks
-    again and connects to the address it checked.
+    Loopback, private, CGNAT, unspecified, multicast and IPv4-in-IPv6 targets are refused, as are
+    numeric IPv4 spellings and user@host, unless WEBHOOK_ALLOW_PRIVATE is on. Link-local and cloud
+    metadata addresses (169.254.169.254, fd00:ec2::254, 100.100.100.200, ...) are refused even then.
+    Names are resolved and every address must pass; with WEBHOOK_ALLOW_PRIVATE a name that does not
+    resolve yet is let through (the send checks again). ``post`` checks again and connects to the
+    address it checked.
     """
     if allow_private is None:
         allow_private = settings.WEBHOOK_ALLOW_PRIVATE
     target = url_target(url)
     if allow_private:
-        return
-    host_check(target.host)
+        metadata_host_check(target.host)
+    else:
+        host_check(target.host)
     if resolve:
-        checked_addresses(target, allow_private=False)
+        try:
+            checked_addresses(target, allow_private=allow_private)
+        except HostDoesNotResolve:
+            if not allow_private:
+                raise
 
 
 @lru_cache(maxsize=1)

@@ -1,9 +1,10 @@
-"""gunicorn settings, from the environment (PORT, WEB_CONCURRENCY, WEB_THREADS)."""
+"""gunicorn settings, from the environment (HOST, PORT, WEB_CONCURRENCY, WEB_THREADS)."""
 
 import multiprocessing
 import os
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
+# This machine only, unless HOST says otherwise (the Docker image and docker-compose set 0.0.0.0).
+bind = f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT', '3000')}"
 # Threads keep a worker answering while one request waits on a dedup join or a slow database.
 worker_class = "core.gunicorn_worker.JsonErrorThreadWorker"  # gthread, with JSON refusals
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))

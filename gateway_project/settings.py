@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from core import cli_tools
 from core.env import (
     env_args,
     env_bool,
@@ -158,6 +159,10 @@ QUERY_MAX_CHARS = env_int("QUERY_MAX_CHARS", 100_000, minimum=1)
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 16 * 1024, minimum=2)
 REQUEST_MAX_BYTES = env_int("REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
+# What gunicorn reads and drops of a refused body before closing, so the close is not a TCP reset
+# that loses the JSON 413 (core.limits.discard_body); bigger or slower bodies are cut off.
+REQUEST_DISCARD_MAX_BYTES = env_int("REQUEST_DISCARD_MAX_BYTES", 16 * 1024 * 1024, minimum=0)
+REQUEST_DISCARD_SECONDS = env_float("REQUEST_DISCARD_SECONDS", 10.0, minimum=0.0)
 CACHE_ENABLED = env_bool("CACHE_ENABLED", True)
 CACHE_TTL = env_int("CACHE_TTL", 3600, minimum=1)
 # A cache hit's QueryRequest row goes through the Redis stream journal:requests and is written in
@@ -206,7 +211,10 @@ if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # The Claude CLI
-CLAUDE_BIN = env_str("CLAUDE_BIN", "claude")
+# Unset: `claude` on PATH, else the pinned CLI in node_tools/, whoever started the process.
+CLAUDE_BIN = cli_tools.claude_bin(env_str("CLAUDE_BIN", ""))
+# Appended to the CLI's PATH where missing, so the MCP servers' commands are found there too.
+CLAUDE_TOOL_DIRS = cli_tools.tool_dirs()
 CLAUDE_TIMEOUT = env_float("CLAUDE_TIMEOUT", 120.0, minimum=0.1)
 CLAUDE_KILL_GRACE = env_float("CLAUDE_KILL_GRACE", 5.0, minimum=0.0)
 CLAUDE_EXTRA_ARGS = env_args("CLAUDE_EXTRA_ARGS")
@@ -302,8 +310,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # whitenoise's compressed manifest storage; before collectstatic (or for a file collected
+    # later), plain URLs that whitenoise serves from the apps (core/staticfiles.py, gateway.W002).
+    "staticfiles": {"BACKEND": "core.staticfiles.GatewayStaticFilesStorage"},
 }
+WHITENOISE_USE_FINDERS = True
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "text"))

@@ -181,7 +181,7 @@ def test_gateway_stats_prints_the_same_figures(seeded_history):
     assert "submissions 6: 3 new jobs, 2 from cache, 1 joined an identical job" in printed
     assert "cache hit ratio 33.3%; Claude runs saved 3" in printed
     assert "jobs finished: 3 completed, 2 failed, 1 cancelled" in printed
-    assert "2030-01-07      0.530000  (3 jobs)" in printed
+    assert "2030-01-07       $0.53  (3 jobs)" in printed
     assert "Cache: 3 answers" in printed
     assert str(seeded_history["failed"][0].id) in printed
 

@@ -13,6 +13,7 @@ import sys
 from datetime import timedelta
 
 import pytest
+import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
@@ -32,7 +33,7 @@ from tests.support.pipeline import (
     seed_cache,
     seed_other_keys,
 )
-from tests.support.processes import database_url
+from tests.support.processes import database_url, start_web_server
 
 # Transactional: django-rq enqueues when the transaction commits, and worker processes read the rows.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -231,11 +232,37 @@ def test_cancel_job_failures(redis_db):
 
 def test_check_claude_runs_a_real_prompt_through_the_real_cli(real_claude):
     out, _ = run("check_claude")
-    assert "binary:  " in out and "node_modules" in out
-    assert "version: 2." in out
-    assert "answer:  echo: Reply with the single word: ok" in out  # the mock echoes what it was asked
+    assert "binary:   " in out and "node_modules" in out
+    assert "version:  2." in out
+    assert f"endpoint: {real_claude.url} (ANTHROPIC_BASE_URL)" in out
+    assert "account:  ANTHROPIC_API_KEY ****" in out and "sk-test-mock" not in out  # too short to hint
+    assert "answer:   echo: Reply with the single word: ok" in out  # the mock echoes what it was asked
     assert out.strip().endswith("Claude CLI OK")
     assert len(real_claude.message_requests()) == 1
+
+
+@pytest.mark.e2e
+def test_check_claude_and_ready_find_the_pinned_cli_from_a_plain_shell(mock, tmp_path, processes, redis_db):
+    """Outside scripts/serve nothing puts node_tools/ on PATH: both still find the same CLI."""
+    plain = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "CLAUDE_BIN": "",
+        "HOME": str(tmp_path),
+        "ANTHROPIC_BASE_URL": mock.url,
+        "ANTHROPIC_API_KEY": "sk-ant-api03-abcdefghijklmnop-wxyz",
+        "CLAUDE_WORKDIR": str(tmp_path / "workdir"),
+    }
+    result = manage("check_claude", "--timeout", "60", **plain)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pinned = str(REPO / "node_tools" / "node_modules" / ".bin" / "claude")
+    assert f"binary:   {pinned} (the pinned CLI in node_tools/)" in result.stdout
+    assert f"endpoint: {mock.url} (ANTHROPIC_BASE_URL)" in result.stdout
+    assert "account:  ANTHROPIC_API_KEY sk-ant-…wxyz" in result.stdout
+    assert "abcdefghijklmnop" not in result.stdout + result.stderr
+
+    url = start_web_server(processes, mock, tmp_path, **plain)
+    claude = requests.get(f"{url}/ready", timeout=30).json()["components"]["claude"]
+    assert claude["status"] == "ok" and claude["path"] == pinned, claude
 
 
 def test_check_claude_reports_the_real_cli_not_logged_in(real_claude, monkeypatch, tmp_path):
@@ -251,7 +278,7 @@ def test_check_claude_reports_a_missing_binary(settings, tmp_path):
     settings.CLAUDE_BIN = str(tmp_path / "no-such-claude")
     result = manage("check_claude", CLAUDE_BIN=str(tmp_path / "no-such-claude"))
     assert result.returncode == 1
-    assert "was not found on PATH" in result.stderr and "Traceback" not in result.stderr
+    assert "was not found on PATH or in node_tools/" in result.stderr and "Traceback" not in result.stderr
 
 
 # --- reconcile and gateway_stats -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from django.db.models import Sum
@@ -90,6 +91,19 @@ def test_a_job_that_fails_in_the_web_is_counted_too(client, monkeypatch):
     monkeypatch.setattr(submit, "job_enqueue", refuse)
     assert post(client, {"query": "hello"}).status_code == 503
     assert value(scrape(), "claude_jobs_failed_total", reason="queue_unavailable") == 1
+
+
+def test_warm_run_durations_have_buckets_of_their_own_below_a_second():
+    assert metrics.DURATION_BUCKETS[0] == 0.05 and metrics.DURATION_BUCKETS[-1] == 600.0
+    job = Job(cost_usd=Decimal("0"), input_tokens=1, output_tokens=1)
+    for duration in (0.04, 0.07, 0.09, 0.12, 0.55):  # warm runs take 0.07-0.1 s, cold ones ~0.5 s
+        metrics.cli_run_observed(job=job, outcome=SimpleNamespace(pid=1, duration=duration))
+    samples = scrape()
+    cumulative = {
+        le: value(samples, "claude_execution_duration_seconds_bucket", le=le)
+        for le in ("0.05", "0.075", "0.1", "0.15", "0.5", "0.75", "+Inf")
+    }
+    assert cumulative == {"0.05": 1, "0.075": 2, "0.1": 3, "0.15": 4, "0.5": 4, "0.75": 5, "+Inf": 5}
 
 
 def test_duration_lands_in_the_right_bucket_and_cost_adds_up():

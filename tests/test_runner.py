@@ -243,6 +243,7 @@ def test_config_from_settings_reads_the_claude_settings(tmp_path: Path) -> None:
         CLAUDE_EXTRA_ARGS=["--bare"],
         CLAUDE_MAX_OUTPUT_BYTES=4096,
         CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC=False,
+        CLAUDE_TOOL_DIRS=("/opt/tools/bin",),
     ):
         config = RunnerConfig.from_settings(settings)
 
@@ -254,6 +255,7 @@ def test_config_from_settings_reads_the_claude_settings(tmp_path: Path) -> None:
         extra_args=("--bare",),
         max_output_bytes=4096,
         disable_nonessential_traffic=False,
+        tool_dirs=("/opt/tools/bin",),
     )
 
 

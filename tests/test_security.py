@@ -366,7 +366,9 @@ PRODUCTION_ENV = {
 }
 
 
-def check_deploy(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def check_deploy(tmp_path: Path, *, collected: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """``manage.py check --deploy`` with the production settings; ``collected``: after collectstatic,
+    as scripts/serve and the Docker image run it."""
     base = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -375,6 +377,15 @@ def check_deploy(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
         "CLAUDE_WORKDIR": str(tmp_path / "workdir"),
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"),
     }
+    if collected:
+        subprocess.run(
+            [sys.executable, "manage.py", "collectstatic", "--noinput"],
+            cwd=REPO,
+            env={**base, **env},
+            capture_output=True,
+            check=True,
+            timeout=180,
+        )
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=REPO,
@@ -389,6 +400,8 @@ def test_check_deploy_is_clean_with_the_documented_production_environment(tmp_pa
     result = check_deploy(tmp_path, **PRODUCTION_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+    uncollected = check_deploy(tmp_path / "fresh", collected=False, **PRODUCTION_ENV)
+    assert uncollected.returncode != 0 and "gateway.W002" in uncollected.stderr
 
 
 def test_check_deploy_warns_when_auth_is_off_or_https_settings_are_missing(tmp_path):

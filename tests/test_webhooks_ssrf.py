@@ -152,6 +152,72 @@ def test_allow_private_lifts_the_address_policy_but_not_the_url_rules(settings):
             outbound.url_check(url)
 
 
+METADATA_URLS = [
+    # link-local, where the metadata services of AWS, GCP, Azure, OCI, DigitalOcean and ECS answer
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://169.254.170.2/v2/credentials",
+    "http://169.254.0.1/hook",
+    "http://[fe80::1]/hook",
+    "http://[fe80::a9fe:a9fe]/hook",
+    "http://[febf::1]/hook",
+    # metadata services outside link-local: AWS over IPv6, Alibaba, Oracle classic, Azure WireServer
+    "http://[fd00:ec2::254]/latest/meta-data/",
+    "http://100.100.100.200/latest/meta-data/",
+    "http://192.0.0.192/opc/v1/instance/",
+    "http://168.63.129.16/machine",
+    # the same inside IPv6: mapped, NAT64, 6to4, compatible
+    "http://[::ffff:169.254.169.254]/",
+    "http://[::ffff:a9fe:a9fe]/",
+    "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[2002:a9fe:a9fe::1]/",
+    "http://[::169.254.169.254]/",
+    # numeric spellings the resolver turns into 169.254.169.254
+    "http://2852039166/",
+    "http://0xa9fea9fe/",
+    "http://0251.0376.0251.0376/",
+    "http://169.254.43518/",
+    # the services' names
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/",
+    "http://metadata.goog/",
+    "http://instance-data.ec2.internal/",
+]
+
+
+def test_metadata_and_link_local_targets_are_refused_even_when_private_ones_are_allowed(settings, client, db):
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    for url in METADATA_URLS:
+        response = client.post("/api/query", {"query": "x", "webhookUrl": url}, format="json")
+        assert response.status_code == 400, url
+        assert "webhookUrl" in response.json()["error"]["details"]["fields"], url
+        result = outbound.post(url=url, body=b"{}", headers={}, timeout=3, allow_private=True)
+        assert result.refused and result.status is None and result.address == "", url
+        assert "metadata" in result.error, (url, result.error)
+    assert not QueryRequest.objects.exists()
+    # What the setting is for still works: a receiver on this machine or the private network.
+    for url in ("http://127.0.0.1:8080/hook", "http://10.1.2.3/hook", "http://[fd00::1]/hook"):
+        outbound.url_check(url)
+
+
+def test_a_name_rebound_to_the_metadata_address_is_refused_at_send_with_private_allowed(
+    settings, db, monkeypatch, redis_db
+):
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    metadata = ipaddress.ip_address("169.254.169.254")
+    for rebound in (metadata, ipaddress.ip_address("fd00:ec2::254")):
+        dns = Rebinding([ipaddress.ip_address("127.0.0.1")], [rebound])
+        monkeypatch.setattr(outbound, "resolve_addresses", dns)
+        outbound.url_check("http://hooks.example.test/hook")  # submit: loopback, allowed here
+        request = RequestFactory(webhook_url="http://hooks.example.test/hook")
+        services.webhook_on_job_finished(job=request.job)
+        delivery = WebhookDelivery.objects.get(request=request)
+        attempt = services.webhook_delivery_attempt(delivery_id=delivery.id)
+        delivery.refresh_from_db()
+        assert f"link-local or cloud metadata address ({rebound})" in attempt.error
+        assert attempt.address == "" and attempt.status_code is None
+        assert delivery.state == "failed" and delivery.attempts == 1
+
+
 class Rebinding:
     """A DNS seam whose answers change between the submit-time check and the send (DNS rebinding)."""
 

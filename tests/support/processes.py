@@ -101,12 +101,14 @@ def start_web_server(processes: Processes, mock: MockAnthropic, tmp_path: Path, 
         mock,
         tmp_path / "webhome",
         tmp_path / "workdir",
-        HOST="127.0.0.1",
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-        # Each server's own metrics files: gunicorn empties the directory when it starts.
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prometheus-{port}"),
-        **extra,
+        **{
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "WEB_CONCURRENCY": "2",
+            # Each server's own metrics files: gunicorn empties the directory when it starts.
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"prometheus-{port}"),
+            **extra,
+        },
     )
     command = [
         str(Path(sys.executable).with_name("gunicorn")),

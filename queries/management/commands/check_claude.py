@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from claude_cli.invocation import ClaudeInvocation
 from claude_cli.runner import run_claude
+from core import cli_tools, humanize
 from core.health import cli_version
 from queries.pool import runner_config
 
@@ -17,9 +19,10 @@ PROMPT = "Reply with the single word: ok"
 
 class Command(BaseCommand):
     help = (
-        "Check the Claude CLI as workers run it: CLAUDE_BIN is found, reports its version, and answers "
-        "a real one-line prompt (one small upstream request). On failure, exits non-zero with the "
-        "reason, e.g. the CLI's own 'Not logged in' when it has no credentials."
+        "Check the Claude CLI as workers run it: CLAUDE_BIN is found (on PATH, else the pinned one in "
+        "node_tools/), reports its version, names the endpoint and account it will use (keys masked), "
+        "and answers a real one-line prompt (one small upstream request). On failure, exits non-zero "
+        "with the reason, e.g. the CLI's own 'Not logged in' when it has no credentials."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -31,20 +34,29 @@ class Command(BaseCommand):
     def handle(self, *args: object, prompt: str, timeout: float, **options: object) -> None:
         path, version = cli_version()
         if path is None:
-            raise CommandError(f"The Claude CLI {settings.CLAUDE_BIN!r} (CLAUDE_BIN) was not found on PATH.")
-        self.stdout.write(f"binary:  {path}")
+            raise CommandError(
+                f"The Claude CLI {settings.CLAUDE_BIN!r} (CLAUDE_BIN) was not found on PATH or in "
+                "node_tools/ (scripts/bootstrap installs the pinned one)."
+            )
+        origin = cli_tools.claude_bin_origin(path, setting=settings.CLAUDE_BIN)
+        self.stdout.write(f"binary:   {path} ({origin})")
         if version is None:
             raise CommandError(f"{path} did not report a version (`{path} --version` failed).")
-        self.stdout.write(f"version: {version}")
+        self.stdout.write(f"version:  {version}")
+        base = runner_config()
+        endpoint, account = cli_tools.claude_account(base.env if base.env is not None else os.environ)
+        self.stdout.write(f"endpoint: {endpoint}")
+        self.stdout.write(f"account:  {account}")
 
-        config = replace(runner_config(), binary=path, timeout=timeout)
+        config = replace(base, binary=path, timeout=timeout)
         outcome = run_claude(ClaudeInvocation(prompt=prompt), config)
         if not outcome.ok:
             raise CommandError(f"The CLI did not answer ({outcome.error_type}): {outcome.error_message}")
         data = outcome.data or {}
-        self.stdout.write(f"answer:  {str(data.get('result', '')).strip()[:200]}")
+        self.stdout.write(f"answer:   {str(data.get('result', '')).strip()[:200]}")
         cost = data.get("total_cost_usd")
         self.stdout.write(
-            f"took {outcome.duration:.1f} s" + (f", cost ${cost}" if isinstance(cost, int | float) else "")
+            f"took {humanize.duration(outcome.duration)}"
+            + (f", cost {humanize.usd(cost)}" if isinstance(cost, int | float) else "")
         )
         self.stdout.write("Claude CLI OK")

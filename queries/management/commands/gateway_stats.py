@@ -7,6 +7,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
+from core import humanize
 from queries.services import dashboard_figures
 
 
@@ -14,7 +15,8 @@ class Command(BaseCommand):
     help = (
         "Print the figures the admin dashboard shows (queues, workers, jobs per hour by outcome, the "
         "last 24 hours' submissions and cache hit ratio, cost per day, last failures, the cache), "
-        "computed by the same function. --json prints them as one JSON object."
+        "computed by the same function; money, sizes and times written for people (UTC). --json prints "
+        "them as one JSON object with the exact values."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -34,7 +36,8 @@ class Command(BaseCommand):
 
 
 def render_text(f: dict) -> str:
-    lines = [f"Claude gateway, {f['generatedAt']}", "", "Queues (waiting / running / failed in rq):"]
+    lines = [f"Claude gateway, {humanize.when(f['generatedAt'])}", ""]
+    lines.append("Queues (waiting / running / failed in rq):")
     for name, q in f["queues"].items():
         lines.append(f"  {name:<8} {q['queued']:>6} {q['started']:>6} {q['failed']:>6}")
     lines.append(f"Jobs in the database: {f['jobs']['queued']} queued, {f['jobs']['running']} running")
@@ -56,17 +59,20 @@ def render_text(f: dict) -> str:
     lines += ["", "Jobs finished per hour (completed / failed / cancelled):"]
     for h in f["jobsPerHour"]:
         if h["completed"] or h["failed"] or h["cancelled"]:
-            lines.append(f"  {h['hour']}  {h['completed']:>5} {h['failed']:>5} {h['cancelled']:>5}")
-    lines += ["", "Cost per day (USD):"]
+            hour = humanize.when(h["hour"], seconds=False)
+            lines.append(f"  {hour}  {h['completed']:>5} {h['failed']:>5} {h['cancelled']:>5}")
+    lines += ["", "Cost per day:"]
     for d in f["costPerDay"]:
-        lines.append(f"  {d['day']}  {d['costUsd']:>12}  ({d['jobs']} jobs)")
+        jobs = f"{d['jobs']} job" + ("" if d["jobs"] == 1 else "s")
+        lines.append(f"  {d['day']}  {humanize.usd(d['costUsd']):>10}  ({jobs})")
     if "cache" in f:
         c = f["cache"]
-        lines += ["", f"Cache: {c['entries']} answers, about {c['memoryBytes']} bytes"]
+        lines += ["", f"Cache: {c['entries']} answers, about {humanize.size(c['memoryBytes'])}"]
     lines += ["", "Last failures:"]
     if not f["lastFailures"]:
         lines.append("  none")
     for failure in f["lastFailures"]:
         message = failure["errorMessage"][:80]
-        lines.append(f"  {failure['finishedAt']}  {failure['jobId']}  {failure['errorType']}: {message}")
+        finished = humanize.when(failure["finishedAt"])
+        lines.append(f"  {finished}  {failure['jobId']}  {failure['errorType']}: {message}")
     return "\n".join(lines)
