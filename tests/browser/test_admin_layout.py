@@ -59,12 +59,18 @@ def realistic_rows() -> dict[str, object]:
         error_message="The CLI printed something that is not its JSON result: " + "y" * 200,
     )
     JobFactory(state=Job.State.QUEUED, finished_at=None, progress=0, query=LONG_QUERY, priority="high")
+    for hour in range(0, 24, 2):  # a day of CLI runs, for the run-time chart
+        finished = now - timedelta(hours=hour, minutes=7)
+        for seconds in (0.08, 0.1, 0.3 + hour / 10):
+            JobFactory(started_at=finished - timedelta(seconds=seconds), finished_at=finished)
     for key, job in zip(keys, (completed, failed, completed), strict=True):
         request = RequestFactory(
             job=job,
             api_key=key,
             webhook_url=LONG_URL,
-            outcome=QueryRequest.Outcome.QUEUED if job is failed else QueryRequest.Outcome.DEDUPLICATED,
+            outcome=QueryRequest.Outcome.QUEUED
+            if key is keys[0] or job is failed
+            else QueryRequest.Outcome.DEDUPLICATED,
         )
         delivery = WebhookDelivery.objects.create(
             request=request,

@@ -43,7 +43,8 @@ def sideways_scroll(page: Any) -> dict[str, Any]:
 
     Django's changelist puts its table in a box that scrolls on its own, so the document's width
     alone misses a list that is too wide: every element whose content is wider than it is and that
-    scrolls (or would hide the rest) is named here with its widths.
+    scrolls (or would hide the rest), and every table wider than the box it is in, is named here
+    with its widths.
     """
     return page.evaluate(
         """() => {
@@ -55,7 +56,15 @@ def sideways_scroll(page: Any) -> dict[str, Any]:
                 return overflow !== "visible" && overflow !== "clip" && e.scrollWidth > e.clientWidth + 1
                     && e.clientWidth > 20;
             }).map((e) => `${name(e)} ${e.scrollWidth}>${e.clientWidth}`);
-            return {document: Math.max(0, s.scrollWidth - s.clientWidth), boxes};
+            // A table wider than its box spills over what stands beside it without scrolling anything.
+            const tables = [...document.querySelectorAll("table")].filter((t) => {
+                const box = t.parentElement;
+                return box && box.clientWidth > 20 && t.offsetWidth > box.clientWidth + 1;
+            }).map((t) => {
+                const box = t.parentElement;
+                return `${name(t)} in ${name(box)} ${t.offsetWidth}>${box.clientWidth}`;
+            });
+            return {document: Math.max(0, s.scrollWidth - s.clientWidth), boxes: [...boxes, ...tables]};
         }"""
     )
 

@@ -12,8 +12,9 @@ from queries.services import dashboard_figures
 
 class Command(BaseCommand):
     help = (
-        "Print the figures the admin dashboard shows (queues, workers, jobs per hour by outcome, the "
-        "last 24 hours' submissions and cache hit ratio, cost per day, last failures, the cache), "
+        "Print the figures the admin dashboard shows (queues, workers, jobs per hour by outcome, CLI "
+        "run time p50/p95 per hour, the last 24 hours' submissions and cache hit ratio, cost per day, "
+        "the top keys by this month's cost, last failures, the cache), "
         "computed by the same function. --json prints them as one JSON object."
     )
 
@@ -57,9 +58,11 @@ def render_text(f: dict) -> str:
     for h in f["jobsPerHour"]:
         if h["completed"] or h["failed"] or h["cancelled"]:
             lines.append(f"  {h['hour']}  {h['completed']:>5} {h['failed']:>5} {h['cancelled']:>5}")
+    lines += run_time_lines(f)
     lines += ["", "Cost per day (USD):"]
     for d in f["costPerDay"]:
         lines.append(f"  {d['day']}  {d['costUsd']:>12}  ({d['jobs']} jobs)")
+    lines += top_key_lines(f)
     if "cache" in f:
         c = f["cache"]
         lines += ["", f"Cache: {c['entries']} answers, about {c['memoryBytes']} bytes"]
@@ -70,3 +73,34 @@ def render_text(f: dict) -> str:
         message = failure["errorMessage"][:80]
         lines.append(f"  {failure['finishedAt']}  {failure['jobId']}  {failure['errorType']}: {message}")
     return "\n".join(lines)
+
+
+def run_time_lines(f: dict) -> list[str]:
+    def seconds(value: float | None) -> str:
+        return f"{value:.2f} s" if value is not None else "—"
+
+    whole = f["runTime"]
+    lines = [
+        "",
+        f"CLI run time, last 24 hours: {whole['runs']} runs, p50 {seconds(whole['p50Seconds'])}, "
+        f"p95 {seconds(whole['p95Seconds'])}",
+    ]
+    for h in f["runTimePerHour"]:
+        if h["runs"]:
+            lines.append(
+                f"  {h['hour']}  {h['runs']:>5} runs  p50 {seconds(h['p50Seconds']):>9}  "
+                f"p95 {seconds(h['p95Seconds']):>9}"
+            )
+    return lines
+
+
+def top_key_lines(f: dict) -> list[str]:
+    top = f["topKeys"]
+    lines = ["", f"Top keys by cost since {top['since']} (USD, all: {top['totalUsd']}):"]
+    if not top["keys"]:
+        lines.append("  none")
+    for key in top["keys"]:
+        lines.append(
+            f"  {key['name'][:40]:<40} {key['prefix']:<14} {key['costUsd']:>12}  ({key['jobs']} jobs)"
+        )
+    return lines
