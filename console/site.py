@@ -29,8 +29,8 @@ class GatewayAdminSite(admin.AdminSite):
     site_header = "Claude gateway"
     site_title = "Claude gateway admin"
     index_title = "Dashboard"
-    # The gateway has no site to view (/ is the JSON API): the header links the API docs instead
-    # (templates/admin/base_site.html).
+    # The gateway has no site to view (/ answers with the API's JSON 404): the header links the API
+    # docs instead (templates/admin/base_site.html).
     site_url = None
     # The lists need the width of a laptop screen; the dashboard and breadcrumbs lead to every page.
     enable_nav_sidebar = False

@@ -75,7 +75,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     )
     list_display_links = ("delivery_id",)
     list_filter = ("state", FailingRecentlyFilter, "event")
-    list_select_related = ("request",)
     raw_id_fields = ("request",)
     search_fields = ("=id", "=request__id", "=request__job__id", "url")
     date_hierarchy = "created_at"

@@ -116,6 +116,7 @@ def test_every_admin_page_fits_1366_pixels_without_scrolling_sideways(page, oper
         "deliveries": "/admin/webhooks/webhookdelivery/",
         "delivery": f"/admin/webhooks/webhookdelivery/{rows['delivery'].pk}/change/",
         "attempts": "/admin/webhooks/webhookattempt/",
+        "attempt": f"/admin/webhooks/webhookattempt/{rows['delivery'].attempt_rows.first().pk}/change/",
         "secrets": "/admin/webhooks/webhooksecret/",
         "intent-rules": "/admin/routing/intentrule/",
         "mcp-servers": "/admin/routing/mcpserver/",
