@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -29,13 +29,18 @@ class GatewayAdminSite(admin.AdminSite):
     site_header = "Claude gateway"
     site_title = "Claude gateway admin"
     index_title = "Dashboard"
+    # The gateway has no site to view (/ answers with the API's JSON 404): the header links the API
+    # docs instead (templates/admin/base_site.html).
+    site_url = None
+    # The lists need the width of a laptop screen; the dashboard and breadcrumbs lead to every page.
+    enable_nav_sidebar = False
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         context: dict[str, Any] = {}
         try:
             # The cache count walks Redis's keyspace; it is on the cache page, not on every index load.
             figures = services.dashboard_figures(include_cache=False)
-            context.update(dashboard=figures, charts=dashboard_charts(figures))
+            context.update(dashboard=figures, charts=dashboard_charts(figures), **times_for_people(figures))
         except RedisError as exc:
             context["dashboard_error"] = f"Redis is unavailable: {exc}"
         return super().index(request, {**context, **(extra_context or {})})
@@ -100,6 +105,21 @@ class GatewayAdminSite(admin.AdminSite):
         except RedisError as exc:
             context["cache_error"] = f"Redis is unavailable: {exc}"
         return TemplateResponse(request, "admin/cache_purge_all.html", context)
+
+
+def times_for_people(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures' ISO times as datetimes, which templates write in the admin's DATETIME_FORMAT."""
+    return {
+        "generated_at": datetime.fromisoformat(figures["generatedAt"]),
+        "last_failures": [
+            {
+                **failure,
+                "finished": datetime.fromisoformat(failure["finishedAt"]) if failure["finishedAt"] else None,
+            }
+            for failure in figures["lastFailures"]
+        ],
+        "top_keys_since": datetime.fromisoformat(figures["topKeys"]["since"]),
+    }
 
 
 def log_operation(request: HttpRequest, message: str, *, obj: Any = None, repr_: str = "") -> None:

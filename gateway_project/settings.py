@@ -305,6 +305,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The admin's dates and times (lists, detail pages, the dashboard) to the second, in one format:
+# English's own DATETIME_FORMAT stops at the minute, and a locale's format wins over settings.
+FORMAT_MODULE_PATH = ["gateway_project.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"

@@ -16,10 +16,13 @@ from django.core.management import call_command
 from django.test import Client
 from rq import Worker
 
+from console.charts import axis_ticks
 from core.redis import redis_client
 from queries.models import Job, QueryRequest
+from queries.quotas import api_key_month_spend
 from queries.services import dashboard_figures
-from tests.support.factories import JobFactory, RequestFactory, backdate, failed_job
+from queries.services.stats import run_time_figures
+from tests.support.factories import ApiKeyFactory, JobFactory, RequestFactory, backdate, failed_job
 
 # Transactional: django-rq enqueues when the transaction commits.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_db")]
@@ -164,6 +167,12 @@ def test_the_admin_index_shows_those_figures_and_charts(seeded_history):
     assert "<script" not in html.split('id="gateway-dashboard"')[1].split("</section>")[0]
 
 
+def stats_text() -> str:
+    text = io.StringIO()
+    call_command("gateway_stats", stdout=text)
+    return text.getvalue()
+
+
 def test_gateway_stats_prints_the_same_figures(seeded_history):
     out = io.StringIO()
     call_command("gateway_stats", "--json", stdout=out)
@@ -173,9 +182,7 @@ def test_gateway_stats_prints_the_same_figures(seeded_history):
     expected["cache"].pop("redisUsedMemoryBytes")
     assert printed == expected
 
-    text = io.StringIO()
-    call_command("gateway_stats", stdout=text)
-    printed = text.getvalue()
+    printed = stats_text()
     assert "high          2      0      0" in printed
     assert "Workers: 2 alive, 1 busy" in printed
     assert "submissions 6: 3 new jobs, 2 from cache, 1 joined an identical job" in printed
@@ -192,3 +199,129 @@ def test_an_empty_gateway_has_zero_figures(frozen):
     assert f["workers"]["alive"] == 0 and f["lastFailures"] == [] and f["cache"]["entries"] == 0
     assert all(not (row["completed"] or row["failed"] or row["cancelled"]) for row in f["jobsPerHour"])
     assert QueryRequest.objects.count() == 0
+
+
+@pytest.fixture
+def runs_and_spend(frozen) -> dict:
+    """CLI runs with known run times, and keys with known spend this month."""
+    s = timedelta(seconds=1)
+
+    def run(seconds: float, finished: datetime, **fields) -> Job:
+        return JobFactory(started_at=finished - seconds * s, finished_at=finished, **fields)
+
+    late = T0 - timedelta(minutes=6)  # the 12:00 hour
+    for seconds in (3, 1, 10, 2):
+        run(seconds, late)
+    run(4, late, state=Job.State.FAILED, error_type="cli_error", cost_usd=None)
+    early = datetime(2030, 1, 7, 9, 40, tzinfo=UTC)
+    run(0.07, early)
+    run(0.09, early + timedelta(minutes=10))
+    # Not CLI runs of the last 24 hours: answered from an identical job's cache, never started,
+    # finished 25 hours ago, still running.
+    run(50, late, served_from_cache=True)
+    JobFactory(state=Job.State.CANCELLED, finished_at=late, started_at=None)
+    run(60, T0 - timedelta(hours=25))
+    JobFactory(state=Job.State.RUNNING, started_at=late, finished_at=None)
+
+    keys = {name: ApiKeyFactory(name=name) for name in ("analytics", "support", "search", "idle")}
+
+    def spend(key, cost: str | None, when: datetime, outcome: str = "queued") -> None:
+        job = JobFactory(cost_usd=Decimal(cost) if cost else None, finished_at=when)
+        backdate(RequestFactory(job=job, api_key=key, outcome=outcome), when)
+
+    spend(keys["analytics"], "0.500000", T0 - timedelta(days=2))
+    spend(keys["analytics"], "0.250000", T0 - timedelta(hours=1))
+    spend(keys["analytics"], "3.000000", T0, outcome="cached")  # a cached answer costs the key nothing
+    spend(keys["support"], "1.200000", datetime(2030, 1, 1, 0, 0, 1, tzinfo=UTC))
+    spend(keys["search"], "5.000000", datetime(2029, 12, 31, 23, 59, tzinfo=UTC))  # last month
+    spend(keys["idle"], None, T0 - timedelta(hours=1))  # running: no cost yet
+    spend(None, "0.100000", T0 - timedelta(hours=3))  # manage.py gateway_query
+    return keys
+
+
+def test_run_time_percentiles_per_hour_from_known_runs(runs_and_spend):
+    f = dashboard_figures(include_cache=False)
+    hours = {row["hour"]: (row["runs"], row["p50Seconds"], row["p95Seconds"]) for row in f["runTimePerHour"]}
+    assert len(f["runTimePerHour"]) == 24 and f["runTimePerHour"][-1]["hour"] == "2030-01-07T12:00:00Z"
+    # 1, 2, 3, 4, 10 s: p50 the middle one; p95 at rank 0.95 × 4 = 3.8, between 4 and 10.
+    assert hours["2030-01-07T12:00:00Z"] == (5, 3.0, 8.8)
+    assert hours["2030-01-07T09:00:00Z"] == (2, 0.08, 0.089)
+    assert hours["2030-01-07T11:00:00Z"] == (0, None, None)
+    assert sum(row["runs"] for row in f["runTimePerHour"]) == 7
+    # All seven: 0.07, 0.09, 1, 2, 3, 4, 10; p95 at rank 5.7, between 4 and 10.
+    assert f["runTime"] == {"runs": 7, "p50Seconds": 2.0, "p95Seconds": 8.2}
+
+
+def test_run_times_without_percentile_cont_are_the_same(runs_and_spend, monkeypatch):
+    # SQLite has no percentile_cont: the durations are read and interpolated in Python instead.
+    from django.db import connection
+
+    expected = run_time_figures(now=T0)
+    monkeypatch.setattr(connection, "vendor", "sqlite")
+    assert run_time_figures(now=T0) == expected
+
+
+def test_top_keys_by_this_months_cost(runs_and_spend):
+    keys = runs_and_spend
+    top = dashboard_figures(include_cache=False)["topKeys"]
+    assert top["since"] == "2030-01-01T00:00:00Z"
+    assert [(row["name"], row["costUsd"], row["jobs"]) for row in top["keys"]] == [
+        ("support", "1.200000", 1),
+        ("analytics", "0.750000", 2),
+        ("(no key)", "0.100000", 1),
+    ]
+    assert top["keys"][0]["apiKeyId"] == keys["support"].pk and top["keys"][2]["apiKeyId"] is None
+    assert Decimal(top["totalUsd"]) == Decimal("2.05")
+    # The same figure the key's budget is checked against, and the API keys list shows.
+    for row in top["keys"][:2]:
+        assert Decimal(row["costUsd"]) == api_key_month_spend(api_key=row["apiKeyId"])
+
+
+def test_the_dashboard_shows_run_times_top_keys_and_readable_times(runs_and_spend):
+    failed_job(finished_at=T0 - timedelta(minutes=1, seconds=-5), error_message="boom")
+    client = Client()
+    client.force_login(User.objects.create_superuser("op", "op@example.com", "pw"))
+    html = client.get("/admin/").content.decode()
+
+    assert re.search(r'data-figure="run-p50">2.00 s<', html)
+    assert re.search(r'data-figure="run-p95">8.20 s<', html)
+    chart = re.search(r'id="gw-run-time-per-hour".*?</svg>', html, re.S).group(0)
+    assert ("p95", "8.8") in re.findall(r'data-series="(\w+)" data-value="([\d.]+)"', chart)
+    # Gridlines at round steps up to the tallest bar (8.8 s): 0, 2, 4, 6, 8, 10 s.
+    assert re.findall(r'data-tick="([\d.]+)">([^<]*)<', chart) == [
+        ("0", "0 s"),
+        ("2", "2 s"),
+        ("4", "4 s"),
+        ("6", "6 s"),
+        ("8", "8 s"),
+        ("10", "10 s"),
+    ]
+
+    top = re.search(r'id="gw-top-keys".*?</table>', html, re.S).group(0)
+    assert top.index("support") < top.index("analytics") < top.index("(no key)")
+    assert f"/admin/queries/apikey/{runs_and_spend['support'].pk}/change/" in top
+    assert re.findall(r'data-figure="key-cost">([^<]*)<', top) == ["$1.2000", "$0.7500", "$0.1000"]
+    assert "since 1 Jan 2030" in html
+
+    # Times in the admin's format, to the second; no raw ISO.
+    assert 'Figures as of <span data-figure="generated-at">7 Jan 2030, 12:30:00</span>' in html
+    failures = re.search(r'id="gw-last-failures".*?</table>', html, re.S).group(0)
+    assert "7 Jan 2030, 12:29:05" in failures
+    assert "2030-01-07T" not in html
+
+
+def test_chart_axes_have_round_steps_up_to_the_tallest_bar():
+    assert axis_ticks(3, whole=True) == ([0, 1, 2, 3], 0)
+    assert axis_ticks(0, whole=True) == ([0, 1], 0)
+    assert axis_ticks(1.784) == ([0.0, 0.5, 1.0, 1.5, 2.0], 1)
+    assert axis_ticks(0.089) == ([0.0, 0.02, 0.04, 0.06, 0.08, 0.1], 2)
+    assert axis_ticks(250) == ([0, 50, 100, 150, 200, 250], 0)
+
+
+def test_gateway_stats_prints_run_times_and_top_keys(runs_and_spend):
+    printed = stats_text()
+    assert "CLI run time, last 24 hours: 7 runs, p50 2.0 s, p95 8.2 s" in printed
+    assert "2030-01-07 12:00 UTC      5 runs  p50     3.0 s  p95     8.8 s" in printed
+    assert "Top keys by cost since 2030-01-01T00:00:00Z (all: $2.05):" in printed
+    support = next(line for line in printed.splitlines() if line.strip().startswith("support"))
+    assert support.split()[-3:] == ["$1.20", "(1", "jobs)"]

@@ -37,7 +37,7 @@ class CappedCountPaginator(Paginator):
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records of what happened: operators read them, services write them."""
+    """Records of what happened: operators read them, services write them, nobody deletes them here."""
 
     paginator = CappedCountPaginator
     show_full_result_count = False
@@ -48,6 +48,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The database is the record (README): no "Delete selected" action, no delete button.
         return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
@@ -65,6 +69,15 @@ def search_term_kind(term: str) -> tuple[str, Any]:
         return "hash", services.cache_hash_check(term)
     except ValueError:
         return "text", term
+
+
+def short_id(row_id: Any) -> str:
+    """An id's first 8 characters for a list column (the whole id in its tooltip and on the row's page)."""
+    return format_html('<span title="{}">{}</span>', row_id, str(row_id)[:8])
+
+
+def money(value: Any) -> str:
+    return f"${value:.4f}" if value is not None else "—"
 
 
 def pre(value: Any) -> str:

@@ -8,6 +8,8 @@ from django.contrib import admin
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.text import Truncator
 
 from console.admin.common import (
     ReadOnlyAdmin,
@@ -17,6 +19,7 @@ from console.admin.common import (
     purge_cached,
     redeliver,
     search_term_kind,
+    short_id,
 )
 from queries.models import Job, QueryRequest
 from webhooks.models import WebhookDelivery
@@ -41,7 +44,8 @@ class RequestJobTroubleFilter(admin.SimpleListFilter):
 
 @admin.register(QueryRequest)
 class QueryRequestAdmin(ReadOnlyAdmin):
-    list_display = ("id", "outcome", "job_link", "api_key", "priority", "short_query", "created_at")
+    list_display = ("request_id", "outcome", "job_summary", "key_name", "short_query", "created_at")
+    list_display_links = ("request_id",)
     list_filter = (
         ("created_at", admin.DateFieldListFilter),
         "outcome",
@@ -58,6 +62,22 @@ class QueryRequestAdmin(ReadOnlyAdmin):
         ("Outcome", {"fields": ("job_state", "answer", "job_error", "cost")}),
         ("Webhook", {"fields": ("webhook_url", "webhook")}),
     )
+
+    @admin.display(description="request")
+    def request_id(self, request: QueryRequest) -> str:
+        return short_id(request.id)
+
+    @admin.display(description="API key", ordering="api_key__name")
+    def key_name(self, request: QueryRequest) -> str:
+        if request.api_key is None:
+            return "—"
+        return format_html(
+            '<span title="{}">{}</span>', request.api_key, Truncator(request.api_key.name).chars(40)
+        )
+
+    @admin.display(description="job")
+    def job_summary(self, request: QueryRequest) -> str:
+        return job_link_html(request.job_id, f"{str(request.job_id)[:8]} ({request.job.state})")
 
     @admin.display(description="job")
     def job_link(self, request: QueryRequest) -> str:

@@ -8,7 +8,9 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import Truncator
 
+from console.admin.common import short_id
 from webhooks import services
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSecret
 
@@ -60,19 +62,19 @@ class FailingRecentlyFilter(admin.SimpleListFilter):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
+    # What an operator scans, narrow enough for a 1366-pixel screen; the rest is on the delivery's page.
     list_display = (
-        "id",
+        "delivery_id",
         "state",
         "event",
         "short_url",
-        "request_link",
         "attempts",
-        "last_status_code",
+        "last_result",
         "next_attempt_at",
         "created_at",
     )
+    list_display_links = ("delivery_id",)
     list_filter = ("state", FailingRecentlyFilter, "event")
-    list_select_related = ("request",)
     raw_id_fields = ("request",)
     search_fields = ("=id", "=request__id", "=request__job__id", "url")
     date_hierarchy = "created_at"
@@ -103,9 +105,23 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Deliveries and their tries are the record of what was sent: never deleted in the admin.
+        return False
+
+    @admin.display(description="delivery")
+    def delivery_id(self, delivery: WebhookDelivery) -> str:
+        return short_id(delivery.id)
+
     @admin.display(description="URL")
     def short_url(self, delivery: WebhookDelivery) -> str:
-        return delivery.url[:80]
+        return format_html('<span title="{}">{}</span>', delivery.url, Truncator(delivery.url).chars(60))
+
+    @admin.display(description="last try", ordering="last_status_code")
+    def last_result(self, delivery: WebhookDelivery) -> str:
+        if delivery.last_status_code is not None:
+            return f"HTTP {delivery.last_status_code}"
+        return Truncator(delivery.last_error).chars(40) if delivery.last_error else "—"
 
     @admin.display(description="request")
     def request_link(self, delivery: WebhookDelivery) -> str:
@@ -135,7 +151,8 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(WebhookAttempt)
 class WebhookAttemptAdmin(admin.ModelAdmin):
-    list_display = ("delivery", "number", "started_at", "status_code", "duration_ms", "address", "error")
+    list_display = ("attempt", "delivery_link", "started_at", "status_code", "duration_ms", "short_error")
+    list_display_links = ("attempt",)
     list_filter = ("status_code",)
     list_select_related = ("delivery",)
     raw_id_fields = ("delivery",)
@@ -148,6 +165,29 @@ class WebhookAttemptAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Deliveries and their tries are the record of what was sent: never deleted in the admin.
+        return False
+
+    @admin.display(description="try", ordering="number")
+    def attempt(self, attempt: WebhookAttempt) -> str:
+        return f"#{attempt.number}"
+
+    @admin.display(description="delivery")
+    def delivery_link(self, attempt: WebhookAttempt) -> str:
+        url = reverse("admin:webhooks_webhookdelivery_change", args=[attempt.delivery_id])
+        return format_html(
+            '<a href="{}" title="{}">{}</a> → {}',
+            url,
+            attempt.delivery_id,
+            str(attempt.delivery_id)[:8],
+            Truncator(attempt.url).chars(40),
+        )
+
+    @admin.display(description="error")
+    def short_error(self, attempt: WebhookAttempt) -> str:
+        return Truncator(attempt.error).chars(60) if attempt.error else "—"
 
 
 @admin.register(WebhookSecret)

@@ -7,110 +7,20 @@ Screenshots of each step go to ``test-artifacts/browser/``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connections
 
 from core.redis import redis_client
 from queries import services
 from queries.models import Job
 from routing.models import IntentRule
-from tests.support import REPO
+from tests.support.browser import PASSWORD, log_in
 from tests.support.factories import failed_job
-from tests.support.processes import start_web_server
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = REPO / "test-artifacts" / "browser"
-PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="session")
-def static_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A var directory with the collected static files, as scripts/serve prepares for production."""
-    var = tmp_path_factory.mktemp("var")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "GATEWAY_VAR_DIR": str(var)}
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return var
-
-
-@pytest.fixture
-def server(transactional_db, redis_db, mock, tmp_path, processes, static_var_dir) -> str:
-    return start_web_server(processes, mock, tmp_path, GATEWAY_VAR_DIR=str(static_var_dir))
-
-
-@pytest.fixture
-def page(server, request, monkeypatch) -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread while it is open, and Django refuses ORM
-    # calls when it sees one; the tests' own ORM calls between browser steps are plain blocking calls.
-    # The browser is per test so that the loop is gone before the database is flushed.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.foreign_requests = []
-        page.on(
-            "request", lambda r: None if r.url.startswith(server) else page.foreign_requests.append(r.url)
-        )
-        page.shot = lambda step: shoot(page, request.node.name, step)
-        try:
-            yield page
-        finally:
-            if getattr(request.node, "browser_call_failed", False):
-                shoot(page, request.node.name, "failure")
-            # Connections the test opened while the loop ran belong to that context: close them here,
-            # or the test database cannot be dropped at the end of the session.
-            connections.close_all()
-            context.close()
-            browser.close()
-
-
-def shoot(page, test_name: str, step: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{test_name}--{step}.png"), full_page=True)
-
-
-@pytest.fixture
-def operator_login(db) -> User:
-    return User.objects.create_superuser("operator", "op@example.com", PASSWORD)
-
-
-def log_in(page, username: str = "operator", password: str = PASSWORD) -> None:
-    page.goto("/admin/login/?next=/admin/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("input[type=submit]")
 
 
 def test_an_operator_logs_in_and_reads_the_dashboard(page, operator_login):

@@ -1,4 +1,4 @@
-"""Rows in any state, at any time: jobs and the requests that point to them (factory_boy)."""
+"""Rows in any state, at any time: keys, jobs and the requests that point to them (factory_boy)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ from decimal import Decimal
 import factory
 from django.utils import timezone
 
-from queries.models import Job, QueryRequest
+from queries.models import ApiKey, Job, QueryRequest
+
+
+class ApiKeyFactory(factory.django.DjangoModelFactory):
+    """A key row without a usable secret (``services.api_key_create`` makes real ones)."""
+
+    class Meta:
+        model = ApiKey
+
+    name = factory.Sequence(lambda n: f"key-{n}")
+    prefix = factory.Sequence(lambda n: f"cgw_{n:08d}")
+    key_hash = factory.Sequence(lambda n: f"{n:064x}")
 
 
 class JobFactory(factory.django.DjangoModelFactory):

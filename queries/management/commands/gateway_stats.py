@@ -13,8 +13,9 @@ from queries.services import dashboard_figures
 
 class Command(BaseCommand):
     help = (
-        "Print the figures the admin dashboard shows (queues, workers, jobs per hour by outcome, the "
-        "last 24 hours' submissions and cache hit ratio, cost per day, last failures, the cache), "
+        "Print the figures the admin dashboard shows (queues, workers, jobs per hour by outcome, CLI "
+        "run time p50/p95 per hour, the last 24 hours' submissions and cache hit ratio, cost per day, "
+        "the top keys by this month's cost, last failures, the cache), "
         "computed by the same function; money, sizes and times written for people (UTC). --json prints "
         "them as one JSON object with the exact values."
     )
@@ -61,10 +62,12 @@ def render_text(f: dict) -> str:
         if h["completed"] or h["failed"] or h["cancelled"]:
             hour = humanize.when(h["hour"], seconds=False)
             lines.append(f"  {hour}  {h['completed']:>5} {h['failed']:>5} {h['cancelled']:>5}")
+    lines += run_time_lines(f)
     lines += ["", "Cost per day:"]
     for d in f["costPerDay"]:
         jobs = f"{d['jobs']} job" + ("" if d["jobs"] == 1 else "s")
         lines.append(f"  {d['day']}  {humanize.usd(d['costUsd']):>10}  ({jobs})")
+    lines += top_key_lines(f)
     if "cache" in f:
         c = f["cache"]
         lines += ["", f"Cache: {c['entries']} answers, about {humanize.size(c['memoryBytes'])}"]
@@ -76,3 +79,35 @@ def render_text(f: dict) -> str:
         finished = humanize.when(failure["finishedAt"])
         lines.append(f"  {finished}  {failure['jobId']}  {failure['errorType']}: {message}")
     return "\n".join(lines)
+
+
+def run_time_lines(f: dict) -> list[str]:
+    seconds = humanize.duration
+
+    whole = f["runTime"]
+    lines = [
+        "",
+        f"CLI run time, last 24 hours: {whole['runs']} runs, p50 {seconds(whole['p50Seconds'])}, "
+        f"p95 {seconds(whole['p95Seconds'])}",
+    ]
+    for h in f["runTimePerHour"]:
+        if h["runs"]:
+            lines.append(
+                f"  {humanize.when(h['hour'], seconds=False)}  {h['runs']:>5} runs  "
+                f"p50 {seconds(h['p50Seconds']):>9}  "
+                f"p95 {seconds(h['p95Seconds']):>9}"
+            )
+    return lines
+
+
+def top_key_lines(f: dict) -> list[str]:
+    top = f["topKeys"]
+    lines = ["", f"Top keys by cost since {top['since']} (all: {humanize.usd(top['totalUsd'])}):"]
+    if not top["keys"]:
+        lines.append("  none")
+    for key in top["keys"]:
+        lines.append(
+            f"  {key['name'][:40]:<40} {key['prefix']:<14} {humanize.usd(key['costUsd']):>12}  "
+            f"({key['jobs']} jobs)"
+        )
+    return lines
