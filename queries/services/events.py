@@ -94,13 +94,17 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Re
 def async_redis() -> aioredis.Redis:
     """A redis.asyncio client for the running event loop (a client belongs to the loop it runs on).
 
-    Each blocked read holds one connection of its pool; Redis serves thousands (``maxclients``).
+    Each blocked read holds one connection of its pool, so the pool holds up to EVENTS_MAX_READERS
+    (redis-py's default is 100); Redis serves 10000 clients by default (``maxclients``).
     """
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
+            settings.REDIS_URL,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            max_connections=settings.EVENTS_MAX_READERS,
         )
     return client
 
