@@ -1,17 +1,20 @@
-"""gunicorn's threaded worker, with gunicorn's own refusals in the API's JSON error shape.
+"""gunicorn's worker for the web: uvicorn (ASGI), with the server's own refusals in the API's JSON shape.
 
-gunicorn answers a request it cannot parse (a request line over ``limit_request_line``, a header
-field over ``limit_request_field_size``, too many fields, a malformed line) itself, before Django
-runs, with an HTML page. Clients of the API get ``{"error": {...}}`` for those too.
+uvicorn answers a request it cannot parse (a malformed request line or header, headers past its
+buffer) itself, before the application runs, with a plain-text 400. Clients of the API get
+``{"error": {...}}`` for those too. gunicorn's ceilings on the request line, a header field and the
+number of fields are enforced by core.asgi in the same shape.
 """
 
 from __future__ import annotations
 
 import json
 
-from django.conf import settings
+import h11
 from gunicorn import glogging, util
-from gunicorn.workers.gthread import ThreadWorker
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
 
 # (status, reason) by what gunicorn reported; everything else keeps gunicorn's status.
 _LINE_TOO_LONG = "Request Line is too large"
@@ -54,45 +57,93 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:  # 
     util.write_nonblock(sock, head.encode("latin1") + body)
 
 
-class JsonErrorThreadWorker(ThreadWorker):
+def json_error_body(status: int) -> bytes:
+    return json.dumps(
+        {
+            "error": {
+                "type": _TYPES.get(status, "invalid_request_error"),
+                "message": _MESSAGES.get(status, "Malformed HTTP request."),
+                "details": {},
+            }
+        }
+    ).encode()
+
+
+class JsonErrorH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering what it cannot parse with the API's JSON 400."""
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's message can quote what the client sent; it is logged, not echoed back.
+        body = json_error_body(400)
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"),
+        ]
+        self.transport.write(
+            self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
+        )
+        self.transport.write(self.conn.send(h11.Data(data=body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
+
+
+class _ListenBacklog:
+    """A listening socket whose ``listen(n)`` keeps the kernel queue at gunicorn's length: asyncio
+    calls it with the server's backlog, which here only bounds accepts per wake-up."""
+
+    def __init__(self, sock: object, backlog: int) -> None:
+        self._sock = sock
+        self._backlog = backlog
+
+    def listen(self, _backlog: int) -> None:
+        self._sock.listen(self._backlog)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools (llhttp) protocol, answering what it cannot parse with the API's JSON 400."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json_error_body(400)
+        head = (
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
+        self.transport.write(head + body)
+        self.transport.close()
+
+
+class GatewayUvicornWorker(UvicornWorker):
+    """uvicorn under gunicorn: the asyncio loop, the JSON-refusing HTTP/1.1 protocol, the
+    application's own access line (core.logs) instead of uvicorn's, and a bounded graceful stop
+    (open event streams would otherwise hold it until gunicorn's kill)."""
+
+    CONFIG_KWARGS = {
+        "loop": "asyncio",
+        # httptools parses HTTP in C (llhttp): a cache hit's request costs a fraction of h11's.
+        "http": "core.gunicorn_worker:JsonErrorHttpToolsProtocol",
+        "lifespan": "on",
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "server_header": False,
+        # asyncio accepts up to `backlog` connections each time the listening socket is readable:
+        # with gunicorn's 2048 the first worker to wake takes every connection a client opens at
+        # once, and the other workers idle beside it. One per wake-up shares them out as gunicorn's
+        # own workers do; the kernel's queue keeps gunicorn's length (_ListenBacklog).
+        "backlog": 1,
+    }
+
+    async def _serve(self) -> None:
+        self.sockets = [_ListenBacklog(sock, self.cfg.backlog) for sock in self.sockets]
+        await super()._serve()
+
     def init_process(self) -> None:
-        # The base worker's handle_error calls gunicorn.util.write_error by module attribute.
+        # gunicorn's own error page, should gunicorn write one, in the same shape.
         util.write_error = write_json_error
         super().init_process()
-
-    def handle_request(self, req, conn) -> bool:  # noqa: ANN001
-        keepalive = super().handle_request(req, conn)
-        if not keepalive:
-            # The connection closes next. A body the application did not read (a 413 answered from
-            # Content-Length) is read first, within bounds, so the close is not a reset that loses
-            # the answer (core.limits.discard_body). Kept-alive connections need nothing: gunicorn
-            # skips an unread body before it parses the next request.
-            unread_body_discard(req, conn.sock)
-        return keepalive
-
-
-def unread_body_discard(req, sock) -> None:  # noqa: ANN001
-    # Imported here: gunicorn's master imports this module before Django's settings are configured.
-    from core.limits import discard_body
-
-    max_bytes = getattr(settings, "REQUEST_DISCARD_MAX_BYTES", 16 * 1024 * 1024)
-    length = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), None)
-    if length is not None and (not length.isdigit() or int(length) > max_bytes):
-        return  # more than would be read: closing now loses nothing more than draining part of it
-    try:
-        timeout = sock.gettimeout()
-    except OSError:
-        return
-    discard_body(
-        req.body.read,
-        max_bytes=max_bytes,
-        seconds=getattr(settings, "REQUEST_DISCARD_SECONDS", 10.0),
-        set_timeout=sock.settimeout,
-    )
-    try:
-        sock.settimeout(timeout)
-    except OSError:
-        pass
 
 
 class GatewayLogger(glogging.Logger):

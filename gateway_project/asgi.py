@@ -1,6 +1,10 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
-application = get_asgi_application()
+django.setup(set_prefix=False)
+
+from core.asgi import GatewayASGIHandler  # noqa: E402
+
+application = GatewayASGIHandler()

@@ -48,16 +48,25 @@ def normalize_query(text: str) -> str:
 
 
 def query_hash(
-    *, normalized: str, model: str | None, servers: Iterable[str], scope: str | None = None
+    *,
+    normalized: str,
+    model: str | None,
+    servers: Iterable[str],
+    scope: str | None = None,
+    prompt: dict[str, Any] | None = None,
 ) -> str:
     """SHA-256 over a canonical JSON of what decides the answer: query, model and MCP servers.
 
     ``scope`` (see queries.auth.cache_scope) keeps one key's cache entries and in-flight marks apart
-    from another's; without one the hash is the same for every caller.
+    from another's; without one the hash is the same for every caller. ``prompt`` is what a prompt
+    richer than one string adds (queries.prompts.Prompt.key_fields: the system prompt and every
+    content block, images by the SHA-256 of their bytes); a plain string hashes as it always has.
     """
     fields: dict[str, Any] = {"query": normalized, "model": model or None, "mcpServers": sorted(servers)}
     if scope is not None:
         fields["scope"] = scope
+    if prompt is not None:
+        fields["prompt"] = prompt
     canonical = json.dumps(
         fields,
         sort_keys=True,

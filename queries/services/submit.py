@@ -24,6 +24,7 @@ from core.redis import redis_client
 from queries import quotas
 from queries.auth import cache_scope
 from queries.models import ApiKey, Job, Priority, QueryRequest
+from queries.prompts import API_NATIVE, APIS, Prompt
 from queries.services import journal
 from queries.services.cache import CACHE_KEY, cache_get, normalize_query, query_hash
 from queries.services.dedup import (
@@ -33,6 +34,7 @@ from queries.services.dedup import (
     dedup_release,
     dedup_wait_for_job,
 )
+from queries.services.events import events_append
 from queries.services.run import job_enqueue, job_fail, request_recorded
 from routing.services import Route, route_query
 
@@ -65,7 +67,9 @@ class Submission:
         )
 
 
-def _query_route_and_hash(*, api_key: ApiKey | None, query: str, model: str | None) -> tuple[str, Route, str]:
+def _query_route_and_hash(
+    *, api_key: ApiKey | None, query: str, model: str | None, prompt: Prompt | None = None
+) -> tuple[str, Route, str]:
     normalized = normalize_query(query)
     route = route_query(query=query)
     digest = query_hash(
@@ -73,6 +77,7 @@ def _query_route_and_hash(*, api_key: ApiKey | None, query: str, model: str | No
         model=model,
         servers=route.server_names,
         scope=cache_scope(api_key=api_key),
+        prompt=prompt.key_fields() if prompt is not None else None,
     )
     return normalized, route, digest
 
@@ -87,9 +92,11 @@ def _request_fields(
     webhook_url: str = "",
     metadata: dict[str, Any] | None = None,
     no_cache: bool = False,
+    api: str = API_NATIVE,
 ) -> dict[str, Any]:
     return {
         "api_key": api_key,
+        "api": api,
         "query": query,
         "hash": digest,
         "priority": priority,
@@ -132,20 +139,30 @@ def query_cache_answer(
 def query_submit(
     *,
     api_key: ApiKey | None,
-    query: str,
+    query: str = "",
     priority: str = Priority.NORMAL,
     model: str | None = None,
     webhook_url: str = "",
     metadata: dict[str, Any] | None = None,
     no_cache: bool = False,
+    prompt: Prompt | None = None,
+    api: str = API_NATIVE,
 ) -> Submission:
     """Answer from the cache, join an identical in-flight job, or queue a new one.
 
-    Every call records a QueryRequest. N identical concurrent calls make exactly one Job: the
-    in-flight mark is claimed with SET NX before the Job row exists.
+    Every call records a QueryRequest (with the ``api`` it came through). N identical concurrent
+    calls make exactly one Job: the in-flight mark is claimed with SET NX before the Job row exists.
+    ``prompt`` carries content blocks and a system prompt (queries.prompts); ``query`` is then its
+    text unless given. Without one, ``query`` is the whole prompt, as it always was.
     """
+    if api not in APIS:
+        raise ValueError(f"unknown api {api!r}")
+    if prompt is not None and not query:
+        query = prompt.text()
     quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
-    normalized, route, digest = _query_route_and_hash(api_key=api_key, query=query, model=model)
+    normalized, route, digest = _query_route_and_hash(
+        api_key=api_key, query=query, model=model, prompt=prompt
+    )
     redis = redis_client()
     request_fields = _request_fields(
         api_key=api_key,
@@ -156,6 +173,7 @@ def query_submit(
         webhook_url=webhook_url,
         metadata=metadata,
         no_cache=no_cache,
+        api=api,
     )
     # An intent whose rule says "never cache" (cache_ttl 0) has answers that go stale: no lookup either.
     lookup = settings.CACHE_ENABLED and not no_cache and route.cacheable
@@ -203,6 +221,7 @@ def query_submit(
             no_cache=no_cache,
             redis=redis,
             request_fields=request_fields,
+            prompt=prompt,
         )
     raise Overloaded("Could not settle an identical in-flight query; try again.")
 
@@ -244,6 +263,7 @@ def _submit_from_cache_journaled(
         metadata=request_fields["metadata"],
         no_cache=request_fields["no_cache"],
         created_at=timezone.now(),
+        api=request_fields["api"],
     )
     try:
         raw = journal.journal_cache_hit(
@@ -294,12 +314,15 @@ def _submit_new_job(
     no_cache: bool,
     redis: Redis,
     request_fields: dict[str, Any],
+    prompt: Prompt | None = None,
 ) -> Submission:
     # Autocommit: the row is visible at once to identical submissions waiting in _wait_for_job.
     job = Job.objects.create(
         id=job_id,
         hash=query_hash,
         query=request_fields["query"],
+        prompt_content=prompt.job_content() if prompt is not None else None,
+        system_prompt=prompt.system if prompt is not None else "",
         normalized_query=normalized,
         priority=request_fields["priority"],
         model=request_fields["model"],
@@ -309,6 +332,8 @@ def _submit_new_job(
         rq_job_id=str(job_id),
     )
     request = QueryRequest.objects.create(job=job, outcome=QueryRequest.Outcome.QUEUED, **request_fields)
+    # The stream exists from the start, so a reader can tell a queued job from an expired stream.
+    events_append(job.id, {"type": "progress", "state": Job.State.QUEUED, "progress": 0})
     try:
         job_enqueue(job=job)
     except RedisError as exc:
