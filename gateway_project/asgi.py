@@ -1,11 +1,12 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
-django_application = get_asgi_application()
+django.setup(set_prefix=False)
 
-from compat.limits import V1BodyLimit  # noqa: E402 (needs the settings configured above)
+from compat.limits import V1BodyLimit  # noqa: E402
+from core.asgi import GatewayASGIHandler  # noqa: E402
 
-# /v1/ bodies over V1_MAX_BODY_BYTES are refused before Django's handler reads them whole.
-application = V1BodyLimit(django_application)
+# /v1/ bodies over V1_MAX_BODY_BYTES are refused before Django's ASGI handler reads them whole.
+application = V1BodyLimit(GatewayASGIHandler())
