@@ -4,6 +4,7 @@ stack: gunicorn, real rq workers, the real claude CLI talking to the mock Anthro
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import pytest
 from django.conf import settings
 
 from queries.models import Job, QueryRequest
+from routing.models import McpServer
 from tests.support.v1 import (
     DRIP,
     DRIPPED,
@@ -164,6 +166,22 @@ def test_messages_stream_delivers_deltas_as_the_cli_produces_them(claude, worker
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
     assert [b.type for b in final.content] == ["text"]
+
+
+def test_a_streamed_answer_after_an_mcp_tool_call(seeded, claude, worker_process, mock, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("The secret word is pomegranate.\n")
+    McpServer.objects.filter(name="filesystem").update(workdir=str(docs))
+    worker_process()
+    directive = json.dumps({"path": str(docs / "notes.txt")})
+    prompt = f"[[mock:tool=mcp__filesystem__read_text_file input={directive}]] Read the file notes.txt"
+    with claude.messages.stream(model=MODEL, max_tokens=64, messages=user(prompt)) as stream:
+        final = stream.get_final_message()
+    # Routing gave the CLI the filesystem server; the stream holds the answer's text blocks only.
+    assert [b.type for b in final.content] == ["text"]
+    assert "pomegranate" in final.content[0].text
+    assert Job.objects.get().mcp_servers == ["filesystem"] and len(mock.message_requests()) == 2
 
 
 def test_identical_concurrent_streamed_calls_make_one_cli_run(claude, worker_process, mock):
