@@ -81,6 +81,9 @@ class ThreadedWSGI:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="web")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
         loop = asyncio.get_running_loop()
         body: io.RawIOBase | io.BytesIO
         length = _content_length(scope)
@@ -159,7 +162,7 @@ def protocol_refusal(scope: Scope) -> tuple[int, str] | None:
 async def send_json_error(send: Send, status: int, message: str) -> None:
     error_type = "request_too_large" if status in (413, 414, 431) else "invalid_request_error"
     body = json.dumps({"error": {"type": error_type, "message": message, "details": {}}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

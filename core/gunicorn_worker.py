@@ -75,9 +75,9 @@ class JsonErrorH11Protocol(H11Protocol):
         # uvicorn's message can quote what the client sent; it is logged, not echoed back.
         body = json_error_body(400)
         headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"),
         ]
         self.transport.write(
             self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))

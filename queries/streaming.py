@@ -82,8 +82,8 @@ async def query_stream(request: HttpRequest, job_id: str) -> HttpResponseBase:
     ``Last-Event-ID``) as Server-Sent Events, then the final ``result`` or ``error`` event, then the
     end of the response. Another key's job is a 404, as with GET /api/query/{jobId}."""
     checked = await _stream_check(request, job_id=job_id)
-    if checked.status_code != 200:
-        return checked
+    if checked.status_code != 200 or request.method != "GET":
+        return checked  # a refusal, or OPTIONS and HEAD: the checks' own answer
     response = StreamingHttpResponse(_sse(checked.data["jobId"], checked.data["after"]))
     response["Content-Type"] = "text/event-stream"
     response["Cache-Control"] = "no-cache"
