@@ -58,6 +58,9 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
         "Submissions missing the cache",
         "Gateway CPU per job",
         "Memory per warm CLI",
+        "First streamed token p50, native",
+        "Idle streams held open on queued jobs",
+        "Cache hits on /api/query with the streams open",
         "Load average at start",
     ):
         assert measurement in table, measurement
@@ -71,3 +74,7 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
     assert submitted["non_2xx"] == 0 and submitted["jobs_created"] >= submitted["requests"] > 0
     assert raw["burst"]["clis_reaped"] >= raw["burst"]["n"]  # each job took a CLI of its own
     assert raw["memory"]["warm_clis"]["count"] >= raw["config"]["concurrency"]
+    assert raw["first_token"]["native"]["n"] == raw["first_token"]["bare"]["n"] > 0
+    streams = raw["idle_streams"]
+    assert streams["opened"] == streams["open_at_end"] == streams["n"] > 0
+    assert streams["cache_hits_per_second"] > 0 and streams["cache_hits_non_2xx"] == 0
