@@ -15,7 +15,7 @@ def wrk(
     script: str,
     name: str,
     duration: float | None = None,
-    path: str = "/api/query",
+    endpoint: str = "/api/query",
 ) -> dict[str, Any]:
     path = setup.tmp / f"{name}.lua"
     path.write_text(script)
@@ -30,7 +30,7 @@ def wrk(
         "10s",
         "-s",
         str(path),
-        f"{url}{path}",
+        f"{url}{endpoint}",
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     (setup.tmp / f"{name}.wrk.txt").write_text(done.stdout + done.stderr)
@@ -39,10 +39,10 @@ def wrk(
     return parse_wrk(done.stdout)
 
 
-def wrk_warm_up(setup: Setup, url: str, script: str, name: str, path: str = "/api/query") -> None:
+def wrk_warm_up(setup: Setup, url: str, script: str, name: str, endpoint: str = "/api/query") -> None:
     """A short wrk run first: gunicorn answers /health once one worker is up, and wrk's connections,
     kept alive for the whole run, would all land on the workers that had finished starting."""
-    wrk(setup, url, script, f"{name}-warm-up", duration=min(2, setup.args.wrk_duration), path=path)
+    wrk(setup, url, script, f"{name}-warm-up", duration=min(2, setup.args.wrk_duration), endpoint=endpoint)
 
 
 def _ms(text: str) -> float:
