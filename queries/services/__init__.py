@@ -6,9 +6,11 @@
 - ``dedup``: the ``dedup:{hash}`` in-flight marks.
 - ``run``: a worker running a job, and what follows an outcome.
 - ``submit``: a submission answered from the cache, joined to a job in flight, or queued.
-- ``operations``: operators' cancel, retry and reconcile.
+- ``operations``: operators' cancel and retry, and reconciling the jobs with Redis (also run by the
+  workers themselves).
 - ``keys``: API keys.
 - ``stats``: the dashboard's and ``gateway_stats``' figures.
+- ``workers``: which queue workers are alive (a recent heartbeat, not only a registration).
 
 Redis holds only what can be rebuilt or may expire (cache entries, in-flight marks, queue entries);
 the database is the record of every submission and every execution.
@@ -30,11 +32,15 @@ from queries.services.cache import (
 from queries.services.dedup import DEDUP_KEY, dedup_release
 from queries.services.keys import api_key_create, api_key_revoke
 from queries.services.operations import (
+    RECONCILE_LOCK_TIMEOUT,
     OperationRefused,
+    Reconciliation,
     Retry,
     job_cancel,
+    job_put_back,
     job_reconcile_stale,
     job_retry,
+    jobs_reconcile,
     jobs_requeue_lost,
     jobs_retry_failed,
 )
@@ -51,12 +57,16 @@ from queries.services.run import (
 )
 from queries.services.stats import dashboard_figures, request_figures
 from queries.services.submit import Submission, job_get_for_caller, query_cache_answer, query_submit
+from queries.services.workers import LiveWorker, workers_alive
 
 __all__ = [
     "CACHE_KEY",
     "CANCEL_KEY",
     "DEDUP_KEY",
+    "LiveWorker",
     "OperationRefused",
+    "RECONCILE_LOCK_TIMEOUT",
+    "Reconciliation",
     "Retry",
     "Submission",
     "api_key_create",
@@ -78,10 +88,12 @@ __all__ = [
     "job_finished",
     "job_get_for_caller",
     "job_orphans_fail",
+    "job_put_back",
     "job_reconcile_stale",
     "job_retry",
     "job_run",
     "job_worker_lost",
+    "jobs_reconcile",
     "jobs_requeue_lost",
     "jobs_retry_failed",
     "normalize_query",
@@ -90,4 +102,5 @@ __all__ = [
     "query_submit",
     "request_figures",
     "request_recorded",
+    "workers_alive",
 ]
