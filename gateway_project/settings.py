@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "core.limits.RequestLimitsMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
     "core.middleware.HttpMetricsMiddleware",
+    "core.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

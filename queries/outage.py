@@ -307,10 +307,14 @@ class RedisOutageMixin(_Outage):
         if scheduler is not None and (scheduler._process is None or not scheduler._process.is_alive()):
             scheduler.acquire_locks(auto_start=True)
 
-    def reconcile(self, *, grace_seconds: float, settle_running: bool = True) -> None:
+    def reconcile(
+        self, *, grace_seconds: float, settle_running: bool = True, requeue_grace: float | None = None
+    ) -> None:
         """One reconciliation pass, unless another worker is doing one. Raises on a Redis outage."""
         try:
-            done = services.jobs_reconcile(grace_seconds=grace_seconds, settle_running=settle_running)
+            done = services.jobs_reconcile(
+                grace_seconds=grace_seconds, settle_running=settle_running, requeue_grace=requeue_grace
+            )
         except REDIS_DOWN:
             raise
         except Exception:

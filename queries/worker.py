@@ -23,6 +23,7 @@ from rq import Queue, SimpleWorker, Worker
 from rq.job import Job as RqJob
 from rq.worker import WorkerStatus
 
+from core.db import connections_drop_broken
 from queries import services, signals
 from queries.outage import RedisOutageMixin, SafeStopMixin, WorkerStopping
 from queries.pool import CliPoolWorkerMixin
@@ -81,7 +82,8 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
         finally:
             connections.close_all()
         self._fail_orphaned_jobs()
-        self.reconcile(grace_seconds=SWEEP_GRACE)
+        # A job whose submission lost the database between its row and its enqueue waits this long.
+        self.reconcile(grace_seconds=SWEEP_GRACE, requeue_grace=float(settings.WORKER_STALE_AFTER))
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
@@ -203,6 +205,7 @@ class GatewayInProcessWorker(GatewayWorker):
         with self.cli_pool_job(job):
             # The connection lives across jobs (no reconnect per job) unless it broke or grew old.
             close_old_connections()
+            connections_drop_broken()
             try:
                 execution = self.prepare_execution(job)
                 self.perform_job(job, queue, execution)

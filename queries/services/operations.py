@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import uuid
 from dataclasses import dataclass
@@ -30,7 +31,14 @@ from queries.services.dedup import (
     dedup_release,
     dedup_wait_for_job,
 )
-from queries.services.run import CANCEL_KEY, job_enqueue, job_fail, job_finished, job_worker_lost
+from queries.services.run import (
+    CANCEL_KEY,
+    job_enqueue,
+    job_fail,
+    job_finished,
+    job_run,
+    job_worker_lost,
+)
 from queries.services.workers import LiveWorker, workers_alive
 
 logger = logging.getLogger(__name__)
@@ -307,6 +315,21 @@ def job_put_back(*, job_id: uuid.UUID | str) -> bool:
     return True
 
 
+def job_run_again(*, job_id: uuid.UUID | str) -> Job | None:
+    """Run a job again after the database dropped its worker's connection under it (a restart or
+    failover of PostgreSQL); call it on a fresh connection.
+
+    If the first try had claimed the row (running under this process's name), the row is made
+    queued again first; a job another worker holds, or that has ended, is left alone (job_run
+    returns None). If this try fails too, the sweep settles the job: queued ones are queued again,
+    and one left running here ends ``worker_lost`` (job_orphans_fail).
+    """
+    Job.objects.filter(
+        id=job_id, state=Job.State.RUNNING, worker_name=f"{socket.gethostname()}:{os.getpid()}"
+    ).update(state=Job.State.QUEUED, progress=0, started_at=None, worker_name="", cli_pid=None)
+    return job_run(job_id=job_id)
+
+
 @dataclass(frozen=True)
 class Reconciliation:
     """What one reconciliation pass did: running jobs settled as worker_lost, queued jobs re-queued."""
@@ -320,12 +343,19 @@ RECONCILE_LOCK_TIMEOUT = 120
 
 
 def jobs_reconcile(
-    *, grace_seconds: float, retry: bool = False, settle_running: bool = True, wait: float = 0.0
+    *,
+    grace_seconds: float,
+    retry: bool = False,
+    settle_running: bool = True,
+    requeue_grace: float | None = None,
+    wait: float = 0.0,
 ) -> Reconciliation | None:
     """One pass of job_reconcile_stale (when ``settle_running``) and jobs_requeue_lost, under the
     Redis lock ``reconcile:lock`` so that one process at a time does it.
 
-    Returns None when another process held the lock for longer than ``wait`` seconds. Workers call
+    ``requeue_grace`` (default ``grace_seconds``) is how old a queued job must be to be queued
+    again: it may be short, since a job queued twice still runs once. Returns None when another
+    process held the lock for longer than ``wait`` seconds. Workers call
     it after a Redis outage and every WEBHOOK_SWEEP_INTERVAL (queries/worker.py); ``manage.py
     reconcile`` waits for its turn. Raises RedisError.
     """
@@ -334,7 +364,8 @@ def jobs_reconcile(
         return None
     try:
         lost = job_reconcile_stale(grace_seconds=grace_seconds, retry=retry) if settle_running else []
-        return Reconciliation(lost=lost, requeued=jobs_requeue_lost(grace_seconds=grace_seconds))
+        requeued = jobs_requeue_lost(grace_seconds=grace_seconds if requeue_grace is None else requeue_grace)
+        return Reconciliation(lost=lost, requeued=requeued)
     finally:
         try:
             lock.release()
