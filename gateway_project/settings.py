@@ -253,7 +253,7 @@ if WORKER_STALE_AFTER <= WORKER_HEARTBEAT_INTERVAL:
     raise ImproperlyConfigured("WORKER_STALE_AFTER must be longer than WORKER_HEARTBEAT_INTERVAL")
 # A worker told to stop lets its running job finish for this long, then stops it and queues it again
 # (scripts/serve's supervisor kills what is left 5 s after Ctrl-C).
-WORKER_STOP_GRACE = env_float("WORKER_STOP_GRACE", 3.0, minimum=0.0)
+WORKER_STOP_GRACE = env_float("WORKER_STOP_GRACE", 2.0, minimum=0.0)
 
 # rq: one queue per priority, taken in this order by every worker. A job's own timeout is the CLI's
 # plus room for the group kill and bookkeeping, so rq never kills a work horse that is still cleaning up.

@@ -148,6 +148,19 @@ class SafeStopMixin(_Worker):
         except REDIS_DOWN as exc:
             self.log.warning("Worker %s: could not deregister, Redis is unavailable: %s", self.name, exc)
 
+    def unsubscribe(self) -> None:
+        # rq joins the command channel's thread for up to a second, the time it sleeps in a read: a
+        # second of every stop. The thread is a daemon; stopping it is enough.
+        thread = self.pubsub_thread
+        if thread is None:
+            return
+        self.pubsub_thread = None
+        thread.stop()
+        try:
+            self.pubsub.unsubscribe()
+        except REDIS_DOWN:
+            pass
+
     def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
         # The command channel's thread: quiet while Redis is away (the main loop logs the outage).
         if isinstance(exc, redis.exceptions.ConnectionError):
