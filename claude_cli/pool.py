@@ -144,10 +144,16 @@ class CliPool:
         self.started += started
         return started
 
-    def close(self) -> None:
-        """Stop every idle CLI."""
-        for descriptor in list(self._slots):
-            self._drop(descriptor)
+    def close(self, *, grace: float | None = None) -> None:
+        """Stop every idle CLI, waiting at most ``grace`` seconds for each to exit (then SIGKILL)."""
+        if grace is None:
+            for descriptor in list(self._slots):
+                self._drop(descriptor)
+            return
+        for slot in self._slots.values():
+            for warm in slot.idle:
+                warm.discard(grace=grace)
+        self._slots.clear()
 
     def _forget_unused(self, now: float) -> None:
         for descriptor, slot in list(self._slots.items()):

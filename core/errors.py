@@ -7,6 +7,7 @@ whether DRF, Django or the gateway's own services raised it. Never an HTML page,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import BadRequest
@@ -16,6 +17,8 @@ from django.views import defaults
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
+
+from core.db import database_lost
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +114,26 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             headers["Retry-After"] = str(int(wait) + 1)
         if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
             headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    elif database_lost(exc):
+        logger.warning("the database is unavailable: %s", exc)
+        set_rollback()
+        return database_unavailable_response(Response)
     else:
         logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
         status, error_type, message, details = 500, "api_error", "Internal error.", {}
     set_rollback()
     return Response(error_body(error_type, message, details), status=status, headers=headers)
+
+
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly."
+
+
+def database_unavailable_response(kind: Callable[..., Any] = JsonResponse) -> Any:
+    """The 503 for a request that lost the database; core.handlers retries it once on a fresh one."""
+    response = kind(error_body("overloaded_error", DATABASE_UNAVAILABLE), status=503)
+    response["Retry-After"] = "1"
+    response.database_lost = True
+    return response
 
 
 def _is_admin_path(request: HttpRequest) -> bool:

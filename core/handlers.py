@@ -11,12 +11,15 @@ in the same order, so the API behaves the same either way.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.utils.module_loading import import_string
+
+from core.db import connections_reset
 
 FAST_PATH_TRIED = "gateway.fast_path_tried"
 
@@ -70,8 +73,54 @@ class GatewayWSGIHandler:
                 start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
                 return [response.content]
         if path.startswith(self.api_prefixes):
-            return self.api(environ, start_response)
+            return self.api_once_more_if_database_lost(environ, start_response)
         return self.site(environ, start_response)
+
+    def api_once_more_if_database_lost(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """An API request whose database connection PostgreSQL dropped (a restart, a failover) runs
+        once more on a fresh connection, so the caller gets an answer instead of a 503.
+
+        The body is read first (it is at most REQUEST_MAX_BYTES) so that the retry can read it again.
+        """
+        body = _buffered_body(environ)
+        if body is None:
+            return self.api(environ, start_response)
+        reply: list[Any] = []
+
+        def hold(status: str, headers: list[Any], exc_info: Any = None) -> Callable[[bytes], None]:
+            reply[:] = [status, headers, exc_info]
+            return _no_write
+
+        for attempt in (1, 2):
+            environ["wsgi.input"] = io.BytesIO(body)
+            response = self.api(environ, hold)
+            if attempt == 2 or not getattr(response, "database_lost", False):
+                break
+            response.close()
+            connections_reset()
+        status, headers, exc_info = reply
+        if exc_info is None:
+            start_response(status, headers)
+        else:
+            start_response(status, headers, exc_info)
+        return response
+
+
+def _buffered_body(environ: dict[str, Any]) -> bytes | None:
+    """The request's body, read whole; None if its length is unknown or above the limit."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    if length < 0 or length > settings.REQUEST_MAX_BYTES:
+        return None
+    return environ["wsgi.input"].read(length) if length else b""
+
+
+def _no_write(data: bytes) -> None:
+    raise RuntimeError("the API's views return their bodies; nothing writes through start_response")
 
 
 def api_middleware() -> list[str]:

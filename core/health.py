@@ -54,7 +54,8 @@ def _check_redis() -> dict[str, Any]:
 
 
 def _check_workers() -> dict[str, Any]:
-    # rq drops a worker from this set when its heartbeat key expires.
+    # rq drops a worker from this set when its heartbeat key expires; the queries app registers a
+    # check that also looks at heartbeat ages (readiness_check_register).
     workers = Worker.all(connection=redis_client())
     if not workers:
         raise RuntimeError("no live queue worker")
@@ -100,6 +101,11 @@ READINESS_CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "workers": _check_workers,
     "claude": _check_cli,
 }
+
+
+def readiness_check_register(name: str, check: Callable[[], dict[str, Any]]) -> None:
+    """Let an app give /ready a check only it can make (it raises to report the component down)."""
+    READINESS_CHECKS[name] = check
 
 
 @csrf_exempt

@@ -6,7 +6,23 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from core.errors import error_response
+from core.db import database_lost
+from core.errors import database_unavailable_response, error_response
+
+
+class DatabaseUnavailableMiddleware:
+    """A view outside DRF that lost the database answers the JSON 503 (DRF views: core.errors)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if database_lost(exception) and not request.path.startswith("/admin/"):
+            return database_unavailable_response()
+        return None
 
 
 class BodySizeLimitMiddleware:

@@ -76,6 +76,7 @@ MIDDLEWARE = [
     "compat.limits.V1BodyLimitMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
     "core.middleware.HttpMetricsMiddleware",
+    "core.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -282,6 +283,15 @@ WEBHOOK_RETRY_SCHEDULE = env_int_list(
 )
 # How often workers re-queue webhook deliveries that are due (the sweeper; also `manage.py reconcile`).
 WEBHOOK_SWEEP_INTERVAL = env_int("WEBHOOK_SWEEP_INTERVAL", 60, minimum=5)
+# Workers heartbeat this often, idle or running a job; one unheard of for WORKER_STALE_AFTER seconds
+# counts as dead (/ready, the dashboard, reconciliation) even while its registration lasts.
+WORKER_HEARTBEAT_INTERVAL = env_int("WORKER_HEARTBEAT_INTERVAL", 5, minimum=1, maximum=60)
+WORKER_STALE_AFTER = env_int("WORKER_STALE_AFTER", 3 * WORKER_HEARTBEAT_INTERVAL + 5, minimum=2)
+if WORKER_STALE_AFTER <= WORKER_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured("WORKER_STALE_AFTER must be longer than WORKER_HEARTBEAT_INTERVAL")
+# A worker told to stop lets its running job finish for this long, then stops it and queues it again
+# (scripts/serve's supervisor kills what is left 5 s after Ctrl-C).
+WORKER_STOP_GRACE = env_float("WORKER_STOP_GRACE", 2.0, minimum=0.0)
 
 # rq: one queue per priority, taken in this order by every worker. A job's own timeout is the CLI's
 # plus room for the group kill and bookkeeping, so rq never kills a work horse that is still cleaning up.

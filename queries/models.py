@@ -133,6 +133,7 @@ class Job(models.Model):
         INTERNAL_ERROR = "internal_error"
 
     FINISHED_STATES = (State.COMPLETED, State.FAILED, State.CANCELLED)
+    ACTIVE_STATES = (State.QUEUED, State.RUNNING)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     hash = models.CharField(max_length=64, db_index=True)
@@ -153,6 +154,10 @@ class Job(models.Model):
     intent = models.CharField(max_length=100, default="general")
     mcp_servers = models.JSONField(default=list, blank=True)
     use_cache = models.BooleanField(default=True, help_text="False when the submitter asked for noCache.")
+    deduplicated = models.BooleanField(
+        default=True,
+        help_text="Identical submissions join this job while it is queued or running (DEDUP_ENABLED).",
+    )
     served_from_cache = models.BooleanField(default=False)
 
     response = models.TextField(blank=True, default="")
@@ -198,6 +203,13 @@ class Job(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_at_most_100"),
+            # The database's guard for dedup: at most one queued or running job per hash, whatever
+            # Redis forgot (a flush loses the dedup:{hash} marks). query_submit joins the holder.
+            models.UniqueConstraint(
+                fields=["hash"],
+                condition=Q(state__in=["queued", "running"], deduplicated=True),
+                name="job_one_active_per_hash",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -238,7 +238,8 @@ class CliPoolWorkerMixin:
     def teardown(self) -> None:
         super().teardown()  # type: ignore[misc]
         if self._cli_pool is not None and not getattr(self, "is_horse", False):
-            self._cli_pool.close()
+            # A stop must end within the supervisor's grace: an idle CLI has nothing to finish.
+            self._cli_pool.close(grace=0.5)
 
     def _cli_pool_backlog(self) -> bool:
         """True while refilling should wait: jobs are queued, or other CLIs are still answering.

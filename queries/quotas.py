@@ -273,13 +273,19 @@ def job_creator_key_id(*, job: Job) -> int | None:
 
 def quota_jobs_release(*, job: Job, redis: Redis | None = None) -> None:
     """Give back the in-flight slot of a finished job. A failure here is healed by reconciliation."""
-    key_id = job_creator_key_id(job=job)
-    if key_id is None:
+    quota_slot_release(api_key_id=job_creator_key_id(job=job), job_id=job.id, redis=redis)
+
+
+def quota_slot_release(
+    *, api_key_id: int | None, job_id: uuid.UUID | str, redis: Redis | None = None
+) -> None:
+    """Give back the in-flight slot that ``job_id`` holds for a key (a finished or never-made job)."""
+    if api_key_id is None:
         return
     try:
-        (redis or redis_client()).zrem(JOBS_KEY.format(key_id), str(job.id))
+        (redis or redis_client()).zrem(JOBS_KEY.format(api_key_id), str(job_id))
     except RedisError:
-        logger.warning("quota: could not release the slot of job %s; reconciliation will", job.id)
+        logger.warning("quota: could not release the slot of job %s; reconciliation will", job_id)
 
 
 # --- budget ----------------------------------------------------------------------------------------

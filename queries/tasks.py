@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+import logging
+
+from core.db import connections_reset, database_lost
 from core.logs import log_context
 from queries import services
 from queries.models import QueryRequest
 
+logger = logging.getLogger(__name__)
+
+# Tries of a job whose database connection keeps being dropped under it; after the last the sweep
+# settles it (queued again, or worker_lost).
+DATABASE_ATTEMPTS = 3
+
 
 def run_job(job_id: str) -> str | None:
     # The request that made the job: its requestId ties the worker's lines to the web's.
-    origin = (
+    try:
+        origin = _origin_request(job_id)
+    except Exception as exc:
+        if not database_lost(exc):
+            raise
+        connections_reset()
+        origin = _origin_request(job_id)
+    with log_context(request_id=origin, job_id=job_id):
+        run = services.job_run
+        for attempt in range(1, DATABASE_ATTEMPTS + 1):
+            try:
+                job = run(job_id=job_id)
+                break
+            except Exception as exc:
+                if not database_lost(exc) or attempt == DATABASE_ATTEMPTS:
+                    raise
+                # PostgreSQL dropped the connection (a restart, a failover): again on a fresh one.
+                logger.warning("job %s: the database connection was lost (%s); running it again", job_id, exc)
+                connections_reset()
+                run = services.job_run_again
+    return job.state if job is not None else None
+
+
+def _origin_request(job_id: str) -> object:
+    return (
         QueryRequest.objects.filter(job_id=job_id, outcome=QueryRequest.Outcome.QUEUED)
         .values_list("id", flat=True)
         .first()
     )
-    with log_context(request_id=origin, job_id=job_id):
-        job = services.job_run(job_id=job_id)
-    return job.state if job is not None else None

@@ -88,7 +88,7 @@ def test_figures_equal_the_seeded_database_and_redis(seeded_history):
         "default": {"queued": 0, "started": 0, "failed": 0},
         "low": {"queued": 1, "started": 0, "failed": 0},
     }
-    assert f["workers"] == {"alive": 2, "busy": 1, "names": ["seed-busy", "seed-idle"]}
+    assert f["workers"] == {"alive": 2, "busy": 1, "names": ["seed-busy", "seed-idle"], "stale": 0}
     assert f["jobs"] == {"queued": 1, "running": 1}
 
     hours = f["jobsPerHour"]

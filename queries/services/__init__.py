@@ -7,9 +7,11 @@
 - ``events``: a job's live events, one Redis stream per job (``job:{id}:events``).
 - ``run``: a worker running a job, and what follows an outcome.
 - ``submit``: a submission answered from the cache, joined to a job in flight, or queued.
-- ``operations``: operators' cancel, retry and reconcile.
+- ``operations``: operators' cancel and retry, and reconciling the jobs with Redis (also run by the
+  workers themselves).
 - ``keys``: API keys.
 - ``stats``: the dashboard's and ``gateway_stats``' figures.
+- ``workers``: which queue workers are alive (a recent heartbeat, not only a registration).
 
 Redis holds only what can be rebuilt or may expire (cache entries, in-flight marks, queue entries);
 the database is the record of every submission and every execution.
@@ -40,11 +42,16 @@ from queries.services.events import (
 )
 from queries.services.keys import api_key_create, api_key_revoke
 from queries.services.operations import (
+    RECONCILE_LOCK_TIMEOUT,
     OperationRefused,
+    Reconciliation,
     Retry,
     job_cancel,
+    job_put_back,
     job_reconcile_stale,
     job_retry,
+    job_run_again,
+    jobs_reconcile,
     jobs_requeue_lost,
     jobs_retry_failed,
 )
@@ -61,13 +68,17 @@ from queries.services.run import (
 )
 from queries.services.stats import dashboard_figures, request_figures
 from queries.services.submit import Submission, job_get_for_caller, query_cache_answer, query_submit
+from queries.services.workers import LiveWorker, workers_alive
 
 __all__ = [
     "CACHE_KEY",
     "CANCEL_KEY",
     "DEDUP_KEY",
     "EVENTS_KEY",
+    "LiveWorker",
     "OperationRefused",
+    "RECONCILE_LOCK_TIMEOUT",
+    "Reconciliation",
     "Retry",
     "Submission",
     "aevents_read",
@@ -94,10 +105,13 @@ __all__ = [
     "job_finished",
     "job_get_for_caller",
     "job_orphans_fail",
+    "job_put_back",
     "job_reconcile_stale",
     "job_retry",
     "job_run",
+    "job_run_again",
     "job_worker_lost",
+    "jobs_reconcile",
     "jobs_requeue_lost",
     "jobs_retry_failed",
     "normalize_query",
@@ -107,4 +121,5 @@ __all__ = [
     "request_figures",
     "replay",
     "request_recorded",
+    "workers_alive",
 ]

@@ -2,6 +2,9 @@
 
 The mark is claimed with ``SET NX EX`` (DEDUP_TTL) before the job row exists, so N identical
 concurrent submissions make exactly one job; it is cleared when the job ends, whatever the outcome.
+Redis may lose the marks (a restart without persistence, a flush): the database's partial unique
+index ``job_one_active_per_hash`` then refuses a second queued or running job for the hash, and the
+submission joins the one it has (:func:`dedup_active_job`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import logging
 import time
 import uuid
 
+from django.conf import settings
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -44,6 +48,23 @@ def dedup_release(*, query_hash: str, job_id: uuid.UUID | str, redis: Redis | No
 def dedup_holder(*, query_hash: str, redis: Redis) -> str | None:
     """The id of the job holding the in-flight mark, or None. Raises RedisError."""
     return redis_text(redis.get(DEDUP_KEY.format(query_hash)))
+
+
+def dedup_active_job(*, query_hash: str, job_id: uuid.UUID | str, redis: Redis) -> Job | None:
+    """The queued or running job for a hash that the database holds (deduplicated), or None.
+
+    Called when inserting job ``job_id`` hit the unique index: the mark that ``job_id`` claimed is
+    handed to the job found, so the next identical submissions join it through Redis again.
+    """
+    active = Job.objects.filter(hash=query_hash, state__in=Job.ACTIVE_STATES, deduplicated=True).first()
+    if active is not None:
+        try:
+            redis.set(DEDUP_KEY.format(query_hash), str(active.id), xx=True, ex=settings.DEDUP_TTL)
+        except RedisError:
+            logger.warning("could not point the in-flight mark of %s at job %s", query_hash, active.id)
+    else:
+        dedup_release(query_hash=query_hash, job_id=job_id, redis=redis)
+    return active
 
 
 def dedup_wait_for_job(job_id: str) -> Job | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import uuid
 from dataclasses import dataclass
@@ -11,23 +12,34 @@ from datetime import datetime, timedelta
 import django_rq
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
 from django.utils import timezone
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
+from rq import Queue as RqQueue
 from rq import Worker as RqWorker
 from rq.job import Job as RqJob
 
-from claude_cli.process import process_alive
-from core.redis import redis_client
+from claude_cli.process import kill_orphaned_group, process_alive
+from core.redis import redis_bytes, redis_client
 from queries.models import PRIORITY_QUEUES, Job
 from queries.services.dedup import (
     DEDUP_KEY,
     SUBMIT_ATTEMPTS,
+    dedup_active_job,
     dedup_holder,
     dedup_release,
     dedup_wait_for_job,
 )
-from queries.services.run import CANCEL_KEY, job_enqueue, job_fail, job_finished, job_worker_lost
+from queries.services.run import (
+    CANCEL_KEY,
+    job_enqueue,
+    job_fail,
+    job_finished,
+    job_run,
+    job_worker_lost,
+)
+from queries.services.workers import LiveWorker, workers_alive
 
 logger = logging.getLogger(__name__)
 
@@ -120,21 +132,29 @@ def job_retry(*, job_id: uuid.UUID | str) -> Retry:
         in_flight = _dedup_claim_for(query_hash=old.hash, job_id=new_id, redis=redis)
         if in_flight is not None:
             return Retry(job=in_flight, created=False)
-    retry = Job.objects.create(
-        id=new_id,
-        hash=old.hash,
-        query=old.query,
-        prompt_content=old.prompt_content,
-        system_prompt=old.system_prompt,
-        normalized_query=old.normalized_query,
-        priority=old.priority,
-        model=old.model,
-        intent=old.intent,
-        mcp_servers=old.mcp_servers,
-        use_cache=old.use_cache,
-        rq_job_id=str(new_id),
-        retry_of=old,
-    )
+    try:
+        retry = Job.objects.create(
+            id=new_id,
+            hash=old.hash,
+            query=old.query,
+            prompt_content=old.prompt_content,
+            system_prompt=old.system_prompt,
+            normalized_query=old.normalized_query,
+            priority=old.priority,
+            model=old.model,
+            intent=old.intent,
+            mcp_servers=old.mcp_servers,
+            use_cache=old.use_cache,
+            deduplicated=settings.DEDUP_ENABLED,
+            rq_job_id=str(new_id),
+            retry_of=old,
+        )
+    except IntegrityError:
+        # An identical job is queued or running though Redis had no mark for it (a flush).
+        active = dedup_active_job(query_hash=old.hash, job_id=new_id, redis=redis)
+        if active is None:
+            raise
+        return Retry(job=active, created=False)
     try:
         job_enqueue(job=retry)
     except RedisError as exc:
@@ -184,12 +204,13 @@ def jobs_retry_failed(*, since: datetime) -> list[tuple[Job, Retry | None, str]]
     return outcomes
 
 
-def _rq_jobs_in_progress(*, redis: Redis) -> set[str]:
-    """The rq job ids that live workers report executing."""
-    current = set()
+def _rq_jobs_in_progress(*, redis: Redis, alive: list[LiveWorker]) -> set[str]:
+    """The rq job ids that live workers report executing (rq's executions and the gateway's field)."""
+    current = {worker.current_job for worker in alive if worker.current_job}
+    names = {worker.name for worker in alive}
     for worker in RqWorker.all(connection=redis):
-        for execution in worker.get_current_executions(refresh=True):
-            current.add(str(execution.job_id))
+        if worker.name in names:
+            current.update(str(e.job_id) for e in worker.get_current_executions(refresh=True))
     return current
 
 
@@ -199,15 +220,15 @@ def job_reconcile_stale(
     """Settle running jobs whose worker is gone as ``worker_lost`` (and retry them if asked).
 
     A job counts as orphaned when it has run for longer than ``grace_seconds``, no live rq worker
-    reports it as its current job, and, when it ran on this host, its process is gone. rq forgets a
-    worker that stopped sending heartbeats after its TTL, so a crash is found within minutes.
+    (queries.services.workers: a recent heartbeat) reports it as its current job, and, when it ran on
+    this host, its process is gone.
     """
     redis = redis_client()
     cutoff = timezone.now() - timedelta(seconds=grace_seconds)
     candidates = list(Job.objects.filter(state=Job.State.RUNNING, started_at__lt=cutoff))
     if not candidates:
         return []
-    in_progress = _rq_jobs_in_progress(redis=redis)
+    in_progress = _rq_jobs_in_progress(redis=redis, alive=workers_alive(redis=redis))
     host = socket.gethostname()
     settled: list[tuple[Job, Retry | None]] = []
     for job in candidates:
@@ -230,17 +251,125 @@ def job_reconcile_stale(
     return settled
 
 
+# rq's states of a job that no worker will take up again.
+_RQ_DONE = {b"finished", b"failed", b"stopped", b"canceled"}
+
+
 def jobs_requeue_lost(*, grace_seconds: float = 60.0) -> list[Job]:
-    """Enqueue again the queued jobs whose rq entry is gone (a Redis flush); the row is the truth."""
+    """Enqueue again the queued jobs that rq will never run; the row is the truth.
+
+    Lost: the rq job is gone (a Redis flush or restart without persistence), rq counts it as done
+    (its worker hit a dead database connection before claiming the row), it is "queued" in rq but on
+    no queue (popped by a worker that then lost Redis), or "started" by no live worker. Queuing a job
+    twice is harmless: only one worker claims the row (job_run).
+    """
     redis = redis_client()
     cutoff = timezone.now() - timedelta(seconds=grace_seconds)
+    queued = list(Job.objects.filter(state=Job.State.QUEUED, created_at__lt=cutoff).order_by("created_at"))
+    if not queued:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for job in queued:
+        rq_id = job.rq_job_id or str(job.id)
+        pipe.hget(RqJob.key_for(rq_id), "status")
+        pipe.lpos(RqQueue.redis_queue_namespace_prefix + PRIORITY_QUEUES[job.priority], rq_id)
+    replies = pipe.execute()
+    running: set[str] | None = None
     requeued = []
-    for job in Job.objects.filter(state=Job.State.QUEUED, created_at__lt=cutoff).order_by("created_at"):
-        if RqJob.exists(job.rq_job_id or str(job.id), connection=redis):
+    for index, job in enumerate(queued):
+        status, position = redis_bytes(replies[2 * index]), replies[2 * index + 1]
+        if status == b"started":
+            if running is None:
+                running = _rq_jobs_in_progress(redis=redis, alive=workers_alive(redis=redis))
+            lost = (job.rq_job_id or str(job.id)) not in running
+        else:
+            lost = status is None or status in _RQ_DONE or (status == b"queued" and position is None)
+        if not lost:
             continue
-        if settings.DEDUP_ENABLED:
+        if settings.DEDUP_ENABLED and job.deduplicated:
             # Identical submissions should join this job again rather than start their own.
             redis.set(DEDUP_KEY.format(job.hash), str(job.id), nx=True, ex=settings.DEDUP_TTL)
         job_enqueue(job=job)
         requeued.append(job)
     return requeued
+
+
+def job_put_back(*, job_id: uuid.UUID | str) -> bool:
+    """Queue again a running job that its worker stopped because the worker itself was stopping.
+
+    Its CLI, if still alive on this host, is killed first. Returns False if the job was not running.
+    """
+    job = Job.objects.filter(id=job_id, state=Job.State.RUNNING).first()
+    if job is None:
+        return False
+    if job.cli_pid and job.worker_name.rpartition(":")[0] == socket.gethostname():
+        kill_orphaned_group(job.cli_pid)
+    put_back = Job.objects.filter(id=job.id, state=Job.State.RUNNING).update(
+        state=Job.State.QUEUED, progress=0, started_at=None, worker_name="", cli_pid=None
+    )
+    if not put_back:
+        return False
+    job.refresh_from_db()
+    if settings.DEDUP_ENABLED and job.deduplicated:
+        redis_client().set(DEDUP_KEY.format(job.hash), str(job.id), nx=True, ex=settings.DEDUP_TTL)
+    job_enqueue(job=job)
+    logger.info("job %s: its worker stopped; queued again", job.id)
+    return True
+
+
+def job_run_again(*, job_id: uuid.UUID | str) -> Job | None:
+    """Run a job again after the database dropped its worker's connection under it (a restart or
+    failover of PostgreSQL); call it on a fresh connection.
+
+    If the first try had claimed the row (running under this process's name), the row is made
+    queued again first; a job another worker holds, or that has ended, is left alone (job_run
+    returns None). If this try fails too, the sweep settles the job: queued ones are queued again,
+    and one left running here ends ``worker_lost`` (job_orphans_fail).
+    """
+    Job.objects.filter(
+        id=job_id, state=Job.State.RUNNING, worker_name=f"{socket.gethostname()}:{os.getpid()}"
+    ).update(state=Job.State.QUEUED, progress=0, started_at=None, worker_name="", cli_pid=None)
+    return job_run(job_id=job_id)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What one reconciliation pass did: running jobs settled as worker_lost, queued jobs re-queued."""
+
+    lost: list[tuple[Job, Retry | None]]
+    requeued: list[Job]
+
+
+RECONCILE_LOCK = "reconcile:lock"
+RECONCILE_LOCK_TIMEOUT = 120
+
+
+def jobs_reconcile(
+    *,
+    grace_seconds: float,
+    retry: bool = False,
+    settle_running: bool = True,
+    requeue_grace: float | None = None,
+    wait: float = 0.0,
+) -> Reconciliation | None:
+    """One pass of job_reconcile_stale (when ``settle_running``) and jobs_requeue_lost, under the
+    Redis lock ``reconcile:lock`` so that one process at a time does it.
+
+    ``requeue_grace`` (default ``grace_seconds``) is how old a queued job must be to be queued
+    again: it may be short, since a job queued twice still runs once. Returns None when another
+    process held the lock for longer than ``wait`` seconds. Workers call
+    it after a Redis outage and every WEBHOOK_SWEEP_INTERVAL (queries/worker.py); ``manage.py
+    reconcile`` waits for its turn. Raises RedisError.
+    """
+    lock = redis_client().lock(RECONCILE_LOCK, timeout=RECONCILE_LOCK_TIMEOUT)
+    if not lock.acquire(blocking=wait > 0, blocking_timeout=wait or None):
+        return None
+    try:
+        lost = job_reconcile_stale(grace_seconds=grace_seconds, retry=retry) if settle_running else []
+        requeued = jobs_requeue_lost(grace_seconds=grace_seconds if requeue_grace is None else requeue_grace)
+        return Reconciliation(lost=lost, requeued=requeued)
+    finally:
+        try:
+            lock.release()
+        except (LockError, RedisError):
+            logger.warning("the reconcile lock expired or Redis went away before it was released")

@@ -25,6 +25,7 @@ from claude_cli import runner
 from claude_cli.invocation import ClaudeOutcome
 from claude_cli.process import kill_orphaned_group, process_alive
 from core import logs, metrics
+from core.db import connections_drop_broken
 from core.redis import redis_client
 from queries import pool, quotas, signals
 from queries.models import PRIORITY_QUEUES, Job, QueryRequest
@@ -130,6 +131,8 @@ def _job_execute(*, job: Job) -> Job:
         warm=pool.pool_claim(invocation=invocation, config=config),
         on_event=on_event,
     )
+    # The run took seconds: if PostgreSQL dropped the connection meanwhile, record on a fresh one.
+    connections_drop_broken()
     _record_cli_output(job=job, outcome=outcome)
     metrics.cli_run_observed(job=job, outcome=outcome)
     if not outcome.ok:

@@ -23,6 +23,7 @@ from core.redis import redis_client
 from queries.models import Job, QueryRequest
 from queries.quotas import month_start
 from queries.services.cache import cache_figures
+from queries.services.workers import workers_alive
 
 HOURS = 24
 DAYS = 14
@@ -75,12 +76,13 @@ def queue_figures() -> dict[str, dict[str, int]]:
 
 
 def worker_figures(*, redis: Redis) -> dict[str, Any]:
-    workers = Worker.all(connection=redis)
-    busy = [w for w in workers if w.get_state() == "busy"]
+    """Live workers (a recent heartbeat: queries.services.workers), and registrations left by dead ones."""
+    workers = workers_alive(redis=redis)
     return {
         "alive": len(workers),
-        "busy": len(busy),
+        "busy": sum(1 for w in workers if w.state == "busy"),
         "names": sorted(w.name for w in workers),
+        "stale": Worker.count(connection=redis) - len(workers),
     }
 
 

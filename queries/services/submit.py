@@ -30,6 +30,7 @@ from queries.services.cache import CACHE_KEY, cache_get, normalize_query, query_
 from queries.services.dedup import (
     DEDUP_KEY,
     SUBMIT_ATTEMPTS,
+    dedup_active_job,
     dedup_holder,
     dedup_release,
     dedup_wait_for_job,
@@ -317,20 +318,35 @@ def _submit_new_job(
     prompt: Prompt | None = None,
 ) -> Submission:
     # Autocommit: the row is visible at once to identical submissions waiting in _wait_for_job.
-    job = Job.objects.create(
-        id=job_id,
-        hash=query_hash,
-        query=request_fields["query"],
-        prompt_content=prompt.job_content() if prompt is not None else None,
-        system_prompt=prompt.system if prompt is not None else "",
-        normalized_query=normalized,
-        priority=request_fields["priority"],
-        model=request_fields["model"],
-        intent=route.intent,
-        mcp_servers=route.server_names,
-        use_cache=not no_cache and route.cacheable,
-        rq_job_id=str(job_id),
-    )
+    try:
+        job = Job.objects.create(
+            id=job_id,
+            hash=query_hash,
+            query=request_fields["query"],
+            prompt_content=prompt.job_content() if prompt is not None else None,
+            system_prompt=prompt.system if prompt is not None else "",
+            normalized_query=normalized,
+            priority=request_fields["priority"],
+            model=request_fields["model"],
+            intent=route.intent,
+            mcp_servers=route.server_names,
+            use_cache=not no_cache and route.cacheable,
+            deduplicated=settings.DEDUP_ENABLED,
+            rq_job_id=str(job_id),
+        )
+    except IntegrityError:
+        # Redis had no mark, but the database holds an identical job queued or running (a flush lost
+        # its mark): join that one (the index job_one_active_per_hash).
+        active = dedup_active_job(query_hash=query_hash, job_id=job_id, redis=redis)
+        if active is None:
+            raise
+        api_key = request_fields["api_key"]
+        quotas.quota_slot_release(api_key_id=api_key.pk if api_key else None, job_id=job_id, redis=redis)
+        request = QueryRequest.objects.create(
+            job=active, outcome=QueryRequest.Outcome.DEDUPLICATED, **request_fields
+        )
+        request_recorded(request=request)
+        return Submission.of(request, job_state=active.state)
     request = QueryRequest.objects.create(job=job, outcome=QueryRequest.Outcome.QUEUED, **request_fields)
     # The stream exists from the start, so a reader can tell a queued job from an expired stream.
     events_append(job.id, {"type": "progress", "state": Job.State.QUEUED, "progress": 0})

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,9 +154,8 @@ def start_worker(
     return processes.start(command + list(settings.RQ_QUEUE_NAMES), full_env, "worker")
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    members = []
+def live_processes() -> Iterator[tuple[Path, list[str]]]:
+    """Every live (non-zombie) process: its /proc directory and the fields of its stat after the name."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -164,6 +164,10 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z":
+            yield entry, fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    return [int(entry.name) for entry, fields in live_processes() if int(fields[2]) == pgid]

@@ -42,7 +42,9 @@ def render_text(f: dict) -> str:
     for name, q in f["queues"].items():
         lines.append(f"  {name:<8} {q['queued']:>6} {q['started']:>6} {q['failed']:>6}")
     lines.append(f"Jobs in the database: {f['jobs']['queued']} queued, {f['jobs']['running']} running")
-    lines.append(f"Workers: {f['workers']['alive']} alive, {f['workers']['busy']} busy")
+    w = f["workers"]
+    stale = f", {w['stale']} registered but not heard from" if w.get("stale") else ""
+    lines.append(f"Workers: {w['alive']} alive, {w['busy']} busy{stale}")
     r = f["requests"]
     ratio = f"{r['cacheHitRatio'] * 100:.1f}%" if r["cacheHitRatio"] is not None else "n/a"
     lines += [

@@ -9,7 +9,7 @@ from types import FrameType
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
-from queries.services import job_reconcile_stale, jobs_requeue_lost
+from queries.services import RECONCILE_LOCK_TIMEOUT, jobs_reconcile
 from queries.services.journal import journal_drain
 from webhooks.services import webhook_deliveries_sweep
 
@@ -67,15 +67,17 @@ class Command(BaseCommand):
     def handle_one(self) -> bool:
         """One pass; True if it found anything to do."""
         grace, retry_lost = getattr(self, "grace", 60.0), getattr(self, "retry_lost", False)
-        lost = job_reconcile_stale(grace_seconds=grace, retry=retry_lost)
-        for job, retried in lost:
+        # Workers run the same pass under the same lock: wait for a worker's pass to end.
+        done = jobs_reconcile(grace_seconds=grace, retry=retry_lost, wait=RECONCILE_LOCK_TIMEOUT)
+        if done is None:
+            raise CommandError("another process held the reconcile lock for too long")
+        for job, retried in done.lost:
             then = f", retried as {retried.job.id}" if retried is not None else ""
             self.stdout.write(f"job {job.id}: its worker is gone; failed as worker_lost{then}")
-        requeued = jobs_requeue_lost(grace_seconds=grace)
-        for job in requeued:
+        for job in done.requeued:
             self.stdout.write(f"job {job.id}: queued but missing from its rq queue; queued again")
         count = webhook_deliveries_sweep()
         self.stdout.write(f"webhook deliveries queued, created or closed: {count}")
         recorded = journal_drain()
         self.stdout.write(f"journaled cache hits written to the database: {recorded}")
-        return count > 0 or bool(lost) or bool(requeued) or recorded > 0
+        return count > 0 or bool(done.lost) or bool(done.requeued) or recorded > 0
