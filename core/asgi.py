@@ -5,8 +5,8 @@ view (a job's event stream, ``?wait=``: clients that wait) goes to Django's ASGI
 thread while it waits, so one process holds hundreds of open streams. Every other request goes to
 ``core.handlers.GatewayWSGIHandler`` on a pool of ``WEB_THREADS`` threads: the same handler, the
 same fast paths (a cache hit answered before Django) and the same middleware as under a threaded
-WSGI server, with sync views running in parallel threads instead of Django's one thread per
-process for sync code under ASGI.
+WSGI server, with sync views running in parallel threads. The async views' own sync work (keys,
+the ORM) runs on the same threads (:func:`in_web_thread`).
 
 gunicorn's own ceilings on the request line, one header field and the number of fields, which
 uvicorn does not have, are enforced here, before either handler runs, in the API's JSON shape.
@@ -110,9 +110,10 @@ class GatewayASGIHandler:
         await self.threaded(scope, receive, send)
 
     async def _fast(self, fast: Callable[..., Any], scope: Scope, receive: Receive, send: Send) -> None:
-        """A fast path (a cache hit) answered on the event loop: one Redis round trip of work, less
-        than handing the request to a thread and back costs. Anything it declines goes on to the
-        threads with its body intact."""
+        """A fast path (a cache hit) run on a web thread, its reply sent from the loop: one hop
+        each way. On the loop itself its Redis round trip would stall every stream of the process.
+        What it declines goes on to the WSGI handler with its body intact, the fast path not
+        tried again."""
         length = _content_length(scope)
         if length is None or length > _PREREAD_BYTES:
             await self.threaded(scope, receive, send)

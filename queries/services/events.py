@@ -103,6 +103,9 @@ def async_redis() -> aioredis.Redis:
         client = _async_clients[loop] = aioredis.Redis.from_url(
             settings.REDIS_URL,
             socket_connect_timeout=2,
+            # A read blocks as long as its XREAD BLOCK asks; TCP keepalive notices a dead server.
+            socket_timeout=None,
+            socket_keepalive=True,
             health_check_interval=30,
             max_connections=settings.EVENTS_MAX_READERS,
         )
@@ -207,7 +210,9 @@ async def job_events(
         except RedisError:
             logger.warning("cannot read the events of job %s; falling back to its row", job, exc_info=True)
             entries, missing = [], True
-            await asyncio.sleep(min(ping_every, 1.0))
+            # At the ping's pace: hundreds of streams must not turn a Redis hiccup into a storm of
+            # database reads.
+            await asyncio.sleep(ping_every)
         for entry_id, event in entries:
             last = entry_id
             yield entry_id, event
