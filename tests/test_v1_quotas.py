@@ -9,7 +9,8 @@ from django.test import Client
 
 from queries.models import ApiKey
 
-pytestmark = pytest.mark.django_db
+# The views do their ORM work on web threads (core.asgi.in_web_thread): committed rows only.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 MESSAGES = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 CHAT = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}
