@@ -169,7 +169,46 @@ def _chat_request() -> dict[str, Any]:
     }
 
 
+_DESCRIPTIONS = {
+    "type": "The object's type (Anthropic's `error`, `message`, `model`).",
+    "error": "The error: its type, a message naming the field, OpenAI's param and code.",
+    "message": "What went wrong; a validation error names the field first.",
+    "param": "OpenAI: the parameter at fault, or null.",
+    "code": "OpenAI: a code (`invalid_api_key`, `model_not_found`, the job failure type, ...) or null.",
+    "id": "The object's id.",
+    "role": "Always `assistant`.",
+    "model": "The model asked for.",
+    "content": "The answer: one text block.",
+    "stop_reason": "Why the model stopped, as the CLI reported it.",
+    "stop_sequence": "Always null (stop_sequences are not honoured).",
+    "usage": "Tokens the CLI reported: input, output, prompt-cache reads and writes.",
+    "object": "The object's kind (OpenAI's `chat.completion`, `model`, `list`).",
+    "created": "Unix time the object was made.",
+    "choices": "One choice: the assistant message and its finish_reason.",
+    "owned_by": "Always `anthropic`.",
+    "display_name": "A readable name derived from the id.",
+    "created_at": "RFC 3339 time the gateway lists for the model.",
+    "data": "The models, in V1_MODELS order.",
+    "has_more": "Whether another page follows (Anthropic's pagination).",
+    "first_id": "The first id on the page.",
+    "last_id": "The last id on the page (after_id for the next page).",
+}
+
+
+def _described(components: dict[str, Any]) -> dict[str, Any]:
+    for component in components.values():
+        for name, prop in component.get("properties", {}).items():
+            prop.setdefault("description", _DESCRIPTIONS[name])
+        for name, prop in component.get("properties", {}).get("error", {}).get("properties", {}).items():
+            prop.setdefault("description", _DESCRIPTIONS[name])
+    return components
+
+
 def _components() -> dict[str, Any]:
+    return _described(_raw_components())
+
+
+def _raw_components() -> dict[str, Any]:
     return {
         "V1Error": {
             "type": "object",

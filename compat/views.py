@@ -1,6 +1,7 @@
 """The /v1/ views: thin, async (the streams are long-lived), with the ORM work in one sync step.
 
-Each view authenticates, parses and submits in ``sync_to_async``, then answers from the job's
+Each view authenticates, parses and submits on a web thread (``core.asgi.in_web_thread``: bounded,
+long-lived threads whose database connections are reused), then answers from the job's
 events: a JSON body when the client waits, an SSE stream when it streams.
 """
 
@@ -10,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
@@ -34,6 +34,7 @@ from compat.pipeline import (
     outcome_header,
 )
 from core import logs
+from core.asgi import in_web_thread
 from queries import services
 from queries.prompts import API_ANTHROPIC, API_OPENAI
 
@@ -107,7 +108,7 @@ async def _create(
     if request.method != "POST":
         return _method_not_allowed(request, "POST")
     try:
-        call, submission = await sync_to_async(_accept)(request, parse, api)
+        call, submission = await in_web_thread(_accept, request, parse, api)
     except ApiError as error:
         return _error(request, error)
     headers = _call_headers(call, submission)
@@ -214,7 +215,7 @@ async def models_list(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request, "GET, HEAD")
     try:
-        await sync_to_async(_authenticated)(request)
+        await in_web_thread(_authenticated, request)
         return _reply(request, models_page(request.GET.dict()))
     except ApiError as error:
         return _error(request, error)
@@ -225,7 +226,7 @@ async def models_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request, "GET, HEAD")
     try:
-        await sync_to_async(_authenticated)(request)
+        await in_web_thread(_authenticated, request)
         return _reply(request, model_get(model_id))
     except ApiError as error:
         return _error(request, error)

@@ -76,8 +76,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "none",
         "--request-timeout",
         "30",
+        # One worker: with two threads, hypothesis describing the /v1/ schemas' strategies trips
+        # CPython 3.11's ast recursion-depth check ("AST constructor recursion depth mismatch").
         "--workers",
-        "2",
+        "1",
         "--no-color",
         "--report",
         "junit",

@@ -145,7 +145,12 @@ def test_bad_host_is_a_json_400():
 
 def test_unknown_api_path_is_a_json_404(client):
     assert_json_error(client.get("/api/nothing"), 404, "not_found_error")
-    assert_json_error(client.get("/v1/whatever"), 404, "not_found_error")
+    # /v1/ answers in the shape both SDKs read (compat.errors.shared_error_body).
+    response = client.get("/v1/whatever")
+    assert response.status_code == 404 and response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message", "param", "code"}
+    assert body["error"]["type"] == "not_found_error" and body["error"]["message"]
 
 
 def test_wrong_method_on_plain_django_views_is_a_json_405():
@@ -438,6 +443,10 @@ def test_schema_describes_every_endpoint_field_and_error():
         ("/api/query/{job_id}/stream", "get"),
         ("/health", "get"),
         ("/ready", "get"),
+        ("/v1/messages", "post"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/models", "get"),
+        ("/v1/models/{model_id}", "get"),
     }
     for (path, method), op in operations.items():
         assert op.get("summary") or op.get("description"), (path, method)

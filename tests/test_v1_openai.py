@@ -22,6 +22,7 @@ from tests.support.v1 import (
     system_text,
     user,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -128,7 +129,14 @@ def test_a_repeat_is_answered_from_the_cache_and_shared_with_the_anthropic_api(
     assert via_anthropic.headers["x-gateway-outcome"] == "cached"
     assert via_anthropic.parse().content[0].text == first.choices[0].message.content
     assert len(mock.message_requests()) == 1 and Job.objects.count() == 1
-    assert sorted(QueryRequest.objects.values_list("api", flat=True)) == ["anthropic", "openai", "openai"]
+    # Cache hits are recorded by the web's journal recorder, a moment after the reply.
+    wait_for(
+        lambda: (
+            sorted(QueryRequest.objects.values_list("api", flat=True)) == ["anthropic", "openai", "openai"]
+        ),
+        timeout=10,
+        message="the three requests, each with its API",
+    )
 
 
 def test_models_list_and_retrieve(gpt):
