@@ -38,13 +38,18 @@ class ClaudeInvocation:
     allowed_tools: tuple[str, ...] = ()
     # Overrides RunnerConfig.workdir: the filesystem MCP server serves the CLI's working directory.
     workdir: str | None = None
+    # Continue this CLI session (``--resume ID --fork-session``): its file must be where the CLI looks
+    # (claude_cli.sessions). The fork is saved as ``session_id``, chosen by the caller, so two
+    # continuations of one session never write the same file.
+    resume: str | None = None
+    session_id: str | None = None
 
     def __repr__(self) -> str:
         # MCP server env values and headers hold tokens and passwords; repr ends up in logs and tracebacks.
         return (
             f"ClaudeInvocation(prompt={self.prompt!r}, model={self.model!r}, "
             f"mcp_config={masked_mcp_config(self.mcp_config)!r}, allowed_tools={self.allowed_tools!r}, "
-            f"workdir={self.workdir!r})"
+            f"workdir={self.workdir!r}, resume={self.resume!r}, session_id={self.session_id!r})"
         )
 
 
@@ -59,6 +64,8 @@ class RunnerConfig:
     # The environment holds ANTHROPIC_API_KEY: keep it out of repr.
     env: Mapping[str, str] | None = field(default=None, repr=False)
     disable_nonessential_traffic: bool = True
+    # False: ``--no-session-persistence``, the CLI writes no session file and nothing can be resumed.
+    sessions: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunnerConfig:
@@ -72,6 +79,7 @@ class RunnerConfig:
             extra_args=tuple(getattr(settings, "CLAUDE_EXTRA_ARGS", ())),
             max_output_bytes=int(getattr(settings, "CLAUDE_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES)),
             disable_nonessential_traffic=bool(getattr(settings, "CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC", True)),
+            sessions=bool(getattr(settings, "SESSIONS_ENABLED", True)),
         )
 
 
@@ -108,8 +116,39 @@ def build_argv(
     argv.append("--strict-mcp-config")
     if invocation.allowed_tools:
         argv += ["--allowedTools", *invocation.allowed_tools]
+    argv += session_args(invocation, config)
     argv += [*config.extra_args, "--", invocation.prompt]
     return argv
+
+
+def session_args(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:
+    """The session options: continue a session as a fork with a chosen id, or keep none at all."""
+    if not config.sessions:
+        return ["--no-session-persistence"]
+    if invocation.resume is None:
+        return []
+    argv = ["--resume", invocation.resume, "--fork-session"]
+    if invocation.session_id:
+        argv += ["--session-id", invocation.session_id]
+    return argv
+
+
+# What the gateway sets itself for every run: CLAUDE_EXTRA_ARGS may not set it too (a second
+# --resume, or --continue, would run a turn in a session the gateway did not choose).
+RESERVED_ARGS = (
+    "--resume",
+    "-r",
+    "--continue",
+    "-c",
+    "--fork-session",
+    "--session-id",
+    "--no-session-persistence",
+)
+
+
+def reserved_args_used(extra_args: tuple[str, ...] | list[str]) -> list[str]:
+    """The options among ``extra_args`` that the gateway sets itself (RESERVED_ARGS)."""
+    return [arg for arg in extra_args if arg.split("=", 1)[0] in RESERVED_ARGS]
 
 
 def build_warm_argv(

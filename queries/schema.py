@@ -73,7 +73,11 @@ class ResultSerializer(serializers.Serializer):
         child=serializers.CharField(allow_blank=True),
         help_text="MCP servers the CLI was given for this query.",
     )
-    sessionId = serializers.CharField(allow_null=True, allow_blank=True, help_text="The CLI's session id.")  # noqa: N815
+    sessionId = serializers.CharField(  # noqa: N815
+        allow_null=True,
+        allow_blank=True,
+        help_text="The CLI session of this answer: send it as `sessionId` to continue the conversation.",
+    )
     durationMs = serializers.IntegerField(allow_null=True, help_text="The CLI's own duration.")  # noqa: N815
     numTurns = serializers.IntegerField(allow_null=True, help_text="Model turns the CLI took.")  # noqa: N815
     costUsd = serializers.FloatField(  # noqa: N815

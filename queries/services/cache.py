@@ -48,16 +48,25 @@ def normalize_query(text: str) -> str:
 
 
 def query_hash(
-    *, normalized: str, model: str | None, servers: Iterable[str], scope: str | None = None
+    *,
+    normalized: str,
+    model: str | None,
+    servers: Iterable[str],
+    scope: str | None = None,
+    lineage: str | None = None,
 ) -> str:
     """SHA-256 over a canonical JSON of what decides the answer: query, model and MCP servers.
 
     ``scope`` (see queries.auth.cache_scope) keeps one key's cache entries and in-flight marks apart
-    from another's; without one the hash is the same for every caller.
+    from another's; without one the hash is the same for every caller. ``lineage`` is the
+    conversation a continued turn follows (queries.lineage): "why?" after two different answers is
+    two different questions.
     """
     fields: dict[str, Any] = {"query": normalized, "model": model or None, "mcpServers": sorted(servers)}
     if scope is not None:
         fields["scope"] = scope
+    if lineage is not None:
+        fields["lineage"] = lineage
     canonical = json.dumps(
         fields,
         sort_keys=True,

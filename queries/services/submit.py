@@ -23,8 +23,9 @@ from core.errors import GatewayError, Overloaded
 from core.redis import redis_client
 from queries import quotas
 from queries.auth import cache_scope
+from queries.lineage import History
 from queries.models import ApiKey, Job, Priority, QueryRequest
-from queries.services import journal
+from queries.services import journal, sessions
 from queries.services.cache import CACHE_KEY, cache_get, normalize_query, query_hash
 from queries.services.dedup import (
     DEDUP_KEY,
@@ -65,7 +66,9 @@ class Submission:
         )
 
 
-def _query_route_and_hash(*, api_key: ApiKey | None, query: str, model: str | None) -> tuple[str, Route, str]:
+def _query_route_and_hash(
+    *, api_key: ApiKey | None, query: str, model: str | None, lineage: str | None = None
+) -> tuple[str, Route, str]:
     normalized = normalize_query(query)
     route = route_query(query=query)
     digest = query_hash(
@@ -73,6 +76,7 @@ def _query_route_and_hash(*, api_key: ApiKey | None, query: str, model: str | No
         model=model,
         servers=route.server_names,
         scope=cache_scope(api_key=api_key),
+        lineage=lineage,
     )
     return normalized, route, digest
 
@@ -138,14 +142,26 @@ def query_submit(
     webhook_url: str = "",
     metadata: dict[str, Any] | None = None,
     no_cache: bool = False,
+    session_id: str | None = None,
+    history: History | None = None,
 ) -> Submission:
     """Answer from the cache, join an identical in-flight job, or queue a new one.
 
     Every call records a QueryRequest. N identical concurrent calls make exactly one Job: the
     in-flight mark is claimed with SET NX before the Job row exists.
+
+    A turn of a conversation (queries.services.sessions) continues the session ``session_id`` names
+    (native; NotFound when the caller may not), or, for ``history`` (a /v1 request's turns, whose last
+    user message is also the end of ``query``), the session its earlier turns match, if any.
     """
     quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
-    normalized, route, digest = _query_route_and_hash(api_key=api_key, query=query, model=model)
+    if history is not None:
+        continuation = sessions.continuation_of_history(history=history, api_key=api_key)
+    else:
+        continuation = sessions.continuation_native(session_id=session_id, api_key=api_key)
+    normalized, route, digest = _query_route_and_hash(
+        api_key=api_key, query=query, model=model, lineage=continuation.hash_scope
+    )
     redis = redis_client()
     request_fields = _request_fields(
         api_key=api_key,
@@ -203,6 +219,7 @@ def query_submit(
             no_cache=no_cache,
             redis=redis,
             request_fields=request_fields,
+            job_fields=continuation.job_fields(),
         )
     raise Overloaded("Could not settle an identical in-flight query; try again.")
 
@@ -294,9 +311,11 @@ def _submit_new_job(
     no_cache: bool,
     redis: Redis,
     request_fields: dict[str, Any],
+    job_fields: dict[str, Any],
 ) -> Submission:
     # Autocommit: the row is visible at once to identical submissions waiting in _wait_for_job.
     job = Job.objects.create(
+        **job_fields,
         id=job_id,
         hash=query_hash,
         query=request_fields["query"],
