@@ -167,6 +167,12 @@ CACHE_HIT_JOURNAL = env_bool("CACHE_HIT_JOURNAL", True)
 JOURNAL_FLUSH_INTERVAL = env_float("JOURNAL_FLUSH_INTERVAL", 0.2, minimum=0.01)
 # Each web process drains the journal in a thread (tests drain it themselves).
 JOURNAL_RECORDER = True
+# A job's live events (queries/services/events.py): the stream job:{id}:events lives EVENTS_TTL
+# seconds after its last entry and keeps about its last EVENTS_MAXLEN entries; open streams send a
+# keep-alive every EVENTS_PING_SECONDS.
+EVENTS_TTL = env_int("EVENTS_TTL", 3600, minimum=1)
+EVENTS_MAXLEN = env_int("EVENTS_MAXLEN", 10_000, minimum=100)
+EVENTS_PING_SECONDS = env_float("EVENTS_PING_SECONDS", 15.0, minimum=0.1)
 DEDUP_ENABLED = env_bool("DEDUP_ENABLED", True)
 DEDUP_TTL = env_int("DEDUP_TTL", 300, minimum=1)
 QUEUE_CONCURRENCY = env_int("QUEUE_CONCURRENCY", 5, minimum=1, maximum=256)

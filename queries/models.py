@@ -143,6 +143,14 @@ class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     hash = models.CharField(max_length=64, db_index=True)
     query = models.TextField(help_text="The first submitter's text, passed to the CLI verbatim.")
+    prompt_content = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The content blocks sent to the CLI (text and images) when the prompt is not plain text.",
+    )
+    system_prompt = models.TextField(
+        blank=True, default="", help_text="Passed to the CLI as --system-prompt when not blank."
+    )
     normalized_query = models.TextField()
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
@@ -163,6 +171,9 @@ class Job(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True, help_text="The CLI's own duration.")
     num_turns = models.PositiveIntegerField(null=True, blank=True)
     session_id = models.CharField(max_length=100, blank=True, default="")
+    stop_reason = models.CharField(
+        max_length=32, blank=True, default="", help_text="The CLI's stop_reason (end_turn, max_tokens...)."
+    )
     exit_code = models.IntegerField(null=True, blank=True)
     stderr_tail = models.TextField(blank=True, default="")
     error_type = models.CharField(max_length=32, choices=ErrorType.choices, blank=True, default="")
@@ -240,6 +251,7 @@ class Job(models.Model):
                 "cacheReadInputTokens": self.cache_read_input_tokens,
                 "cacheCreationInputTokens": self.cache_creation_input_tokens,
             },
+            "stopReason": self.stop_reason or None,
         }
 
     def error_payload(self) -> dict[str, str] | None:
@@ -300,9 +312,17 @@ class QueryRequest(models.Model):
         DEDUPLICATED = "deduplicated", "Joined an in-flight job"
         CACHED = "cached", "Answered from cache"
 
+    class Api(models.TextChoices):
+        NATIVE = "native", "Native (/api/query)"
+        ANTHROPIC = "anthropic", "Anthropic Messages (/v1/messages)"
+        OPENAI = "openai", "OpenAI Chat Completions (/v1/chat/completions)"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     api_key = models.ForeignKey(
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
+    )
+    api = models.CharField(
+        max_length=16, choices=Api.choices, default=Api.NATIVE, help_text="The API the request came through."
     )
     job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="requests")
     query = models.TextField()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import admin
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -170,6 +171,8 @@ class JobAdmin(ReadOnlyAdmin):
             {
                 "fields": (
                     "query",
+                    "system_prompt",
+                    "prompt_blocks",
                     "priority",
                     "model",
                     "intent",
@@ -180,7 +183,7 @@ class JobAdmin(ReadOnlyAdmin):
                 )
             },
         ),
-        ("Answer", {"fields": ("response", "served_from_cache", "cli_output_pretty")}),
+        ("Answer", {"fields": ("response", "stop_reason", "served_from_cache", "cli_output_pretty")}),
         (
             "Cost and tokens",
             {
@@ -206,6 +209,12 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="query")
     def short_query(self, job: Job) -> str:
         return job.query[:80]
+
+    @admin.display(description="content blocks")
+    def prompt_blocks(self, job: Job) -> str:
+        """The blocks sent to the CLI, an image as its media type and size rather than its data."""
+        blocks = [_block_summary(block) for block in job.prompt_content or []]
+        return pre(blocks)
 
     @admin.display(description="CLI s", ordering="duration_ms")
     def cli_seconds(self, job: Job) -> str:
@@ -313,3 +322,12 @@ class JobAdmin(ReadOnlyAdmin):
     def redeliver_webhooks(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         deliveries = WebhookDelivery.objects.filter(request__job__in=queryset).select_related("request__job")
         redeliver(self, request, deliveries, log_on=lambda d: d.request.job)
+
+
+def _block_summary(block: Any) -> Any:
+    if isinstance(block, dict) and block.get("type") == "image":
+        source = block.get("source") or {}
+        data = source.get("data")
+        size = f"{len(data) * 3 // 4} bytes" if isinstance(data, str) else "?"
+        return {"type": "image", "media_type": source.get("media_type"), "size": size}
+    return block

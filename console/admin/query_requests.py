@@ -41,10 +41,11 @@ class RequestJobTroubleFilter(admin.SimpleListFilter):
 
 @admin.register(QueryRequest)
 class QueryRequestAdmin(ReadOnlyAdmin):
-    list_display = ("id", "outcome", "job_link", "api_key", "priority", "short_query", "created_at")
+    list_display = ("id", "outcome", "api", "job_link", "api_key", "priority", "short_query", "created_at")
     list_filter = (
         ("created_at", admin.DateFieldListFilter),
         "outcome",
+        "api",
         RequestJobTroubleFilter,
         "priority",
         "api_key",
@@ -53,7 +54,7 @@ class QueryRequestAdmin(ReadOnlyAdmin):
     raw_id_fields = ("job", "api_key")
     actions = ["purge_cache", "redeliver_webhooks"]
     fieldsets = (
-        (None, {"fields": ("id", "outcome", "job_link", "api_key", "created_at")}),
+        (None, {"fields": ("id", "outcome", "api", "job_link", "api_key", "created_at")}),
         ("Submission", {"fields": ("query", "priority", "model", "no_cache", "hash", "metadata_pretty")}),
         ("Outcome", {"fields": ("job_state", "answer", "job_error", "cost")}),
         ("Webhook", {"fields": ("webhook_url", "webhook")}),

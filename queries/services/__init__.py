@@ -4,6 +4,7 @@
 - ``journal``: cache hits answered and recorded in one Redis round trip, written to the database in
   batches.
 - ``dedup``: the ``dedup:{hash}`` in-flight marks.
+- ``events``: a job's live events, one Redis stream per job (``job:{id}:events``).
 - ``run``: a worker running a job, and what follows an outcome.
 - ``submit``: a submission answered from the cache, joined to a job in flight, or queued.
 - ``operations``: operators' cancel, retry and reconcile.
@@ -28,6 +29,15 @@ from queries.services.cache import (
     query_hash,
 )
 from queries.services.dedup import DEDUP_KEY, dedup_release
+from queries.services.events import (
+    EVENTS_KEY,
+    aevents_read,
+    events_append,
+    events_read,
+    job_events,
+    job_final_event,
+    replay,
+)
 from queries.services.keys import api_key_create, api_key_revoke
 from queries.services.operations import (
     OperationRefused,
@@ -56,9 +66,11 @@ __all__ = [
     "CACHE_KEY",
     "CANCEL_KEY",
     "DEDUP_KEY",
+    "EVENTS_KEY",
     "OperationRefused",
     "Retry",
     "Submission",
+    "aevents_read",
     "api_key_create",
     "api_key_revoke",
     "cache_entry_purge",
@@ -71,10 +83,14 @@ __all__ = [
     "cache_put",
     "dashboard_figures",
     "dedup_release",
+    "events_append",
+    "events_read",
     "job_cancel",
     "job_cancel_requested",
     "job_enqueue",
+    "job_events",
     "job_fail",
+    "job_final_event",
     "job_finished",
     "job_get_for_caller",
     "job_orphans_fail",
@@ -89,5 +105,6 @@ __all__ = [
     "query_hash",
     "query_submit",
     "request_figures",
+    "replay",
     "request_recorded",
 ]

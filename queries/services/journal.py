@@ -96,6 +96,7 @@ class JournalRecord:
     metadata: dict[str, Any] | None
     no_cache: bool
     created_at: datetime
+    api: str = "native"
 
     def to_json(self) -> str:
         return json.dumps(
@@ -109,6 +110,7 @@ class JournalRecord:
                 "metadata": self.metadata,
                 "noCache": self.no_cache,
                 "createdAt": self.created_at.isoformat(),
+                "api": self.api,
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -158,12 +160,12 @@ def _group_ensure(redis: Redis) -> None:
 # entry delivered twice (a recorder died before acknowledging) is one row (ON CONFLICT).
 _INSERT_SQL = """
 INSERT INTO {requests} (id, api_key_id, job_id, query, hash, priority, model, webhook_url, metadata,
-                        no_cache, outcome, created_at)
+                        no_cache, outcome, created_at, api)
 SELECT r.id, k.id, r."jobId", r.query, r.hash, r.priority, r.model, '', r.metadata, r."noCache", 'cached',
-       r."createdAt"
+       r."createdAt", COALESCE(r.api, 'native')
 FROM jsonb_to_recordset(%s::jsonb) AS r(id uuid, "apiKey" bigint, "jobId" uuid, query text, hash text,
                                          priority text, model text, metadata jsonb, "noCache" boolean,
-                                         "createdAt" timestamptz)
+                                         "createdAt" timestamptz, api text)
 JOIN {jobs} j ON j.id = r."jobId"
 LEFT JOIN {keys} k ON k.id = r."apiKey"
 ON CONFLICT (id) DO NOTHING
@@ -220,6 +222,7 @@ def _rows_insert_orm(records: list[dict[str, Any]]) -> int:
             model=r["model"],
             metadata=r["metadata"],
             no_cache=r["noCache"],
+            api=r.get("api") or QueryRequest.Api.NATIVE,
             outcome=QueryRequest.Outcome.CACHED,
             created_at=datetime.fromisoformat(r["createdAt"]),
         )

@@ -124,6 +124,8 @@ def job_retry(*, job_id: uuid.UUID | str) -> Retry:
         id=new_id,
         hash=old.hash,
         query=old.query,
+        prompt_content=old.prompt_content,
+        system_prompt=old.system_prompt,
         normalized_query=old.normalized_query,
         priority=old.priority,
         model=old.model,

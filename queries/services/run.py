@@ -31,6 +31,7 @@ from queries.models import PRIORITY_QUEUES, Job, QueryRequest
 from queries.services import sessions
 from queries.services.cache import cache_get, cache_put
 from queries.services.dedup import dedup_release
+from queries.services.events import events_final_append
 from routing.services import McpUnavailable, route_for_job
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,8 @@ def request_recorded(*, request: QueryRequest) -> None:
 
 def job_finished(*, job: Job) -> None:
     """A job reached a final state: every request that points to it now has its outcome."""
+    # The stream's last entry: every reader of the job's events ends on it.
+    events_final_append(job)
     quotas.quota_jobs_release(job=job)
     metrics.job_finished_counted(job=job)
     logs.job_failure_log(job=job)

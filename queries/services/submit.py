@@ -25,6 +25,7 @@ from queries import quotas
 from queries.auth import cache_scope
 from queries.lineage import History
 from queries.models import ApiKey, Job, Priority, QueryRequest
+from queries.prompts import API_NATIVE, APIS, Prompt
 from queries.services import journal, sessions
 from queries.services.cache import CACHE_KEY, cache_get, normalize_query, query_hash
 from queries.services.dedup import (
@@ -34,6 +35,7 @@ from queries.services.dedup import (
     dedup_release,
     dedup_wait_for_job,
 )
+from queries.services.events import events_append
 from queries.services.run import job_enqueue, job_fail, request_recorded
 from routing.services import Route, route_query
 
@@ -67,7 +69,12 @@ class Submission:
 
 
 def _query_route_and_hash(
-    *, api_key: ApiKey | None, query: str, model: str | None, lineage: str | None = None
+    *,
+    api_key: ApiKey | None,
+    query: str,
+    model: str | None,
+    prompt: Prompt | None = None,
+    lineage: str | None = None,
 ) -> tuple[str, Route, str]:
     normalized = normalize_query(query)
     route = route_query(query=query)
@@ -76,6 +83,7 @@ def _query_route_and_hash(
         model=model,
         servers=route.server_names,
         scope=cache_scope(api_key=api_key),
+        prompt=prompt.key_fields() if prompt is not None else None,
         lineage=lineage,
     )
     return normalized, route, digest
@@ -91,9 +99,11 @@ def _request_fields(
     webhook_url: str = "",
     metadata: dict[str, Any] | None = None,
     no_cache: bool = False,
+    api: str = API_NATIVE,
 ) -> dict[str, Any]:
     return {
         "api_key": api_key,
+        "api": api,
         "query": query,
         "hash": digest,
         "priority": priority,
@@ -136,31 +146,39 @@ def query_cache_answer(
 def query_submit(
     *,
     api_key: ApiKey | None,
-    query: str,
+    query: str = "",
     priority: str = Priority.NORMAL,
     model: str | None = None,
     webhook_url: str = "",
     metadata: dict[str, Any] | None = None,
     no_cache: bool = False,
+    prompt: Prompt | None = None,
+    api: str = API_NATIVE,
     session_id: str | None = None,
     history: History | None = None,
 ) -> Submission:
     """Answer from the cache, join an identical in-flight job, or queue a new one.
 
-    Every call records a QueryRequest. N identical concurrent calls make exactly one Job: the
-    in-flight mark is claimed with SET NX before the Job row exists.
+    Every call records a QueryRequest (with the ``api`` it came through). N identical concurrent
+    calls make exactly one Job: the in-flight mark is claimed with SET NX before the Job row exists.
+    ``prompt`` carries content blocks and a system prompt (queries.prompts); ``query`` is then its
+    text unless given. Without one, ``query`` is the whole prompt, as it always was.
 
     A turn of a conversation (queries.services.sessions) continues the session ``session_id`` names
-    (native; NotFound when the caller may not), or, for ``history`` (a /v1 request's turns, whose last
-    user message is also the end of ``query``), the session its earlier turns match, if any.
+    (native; NotFound when the caller may not), or, for ``history`` (a /v1 request's turns, whose
+    last user message ends ``prompt``), the session its earlier turns match, if any.
     """
+    if api not in APIS:
+        raise ValueError(f"unknown api {api!r}")
+    if prompt is not None and not query:
+        query = prompt.text()
     quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
     if history is not None:
         continuation = sessions.continuation_of_history(history=history, api_key=api_key)
     else:
         continuation = sessions.continuation_native(session_id=session_id, api_key=api_key)
     normalized, route, digest = _query_route_and_hash(
-        api_key=api_key, query=query, model=model, lineage=continuation.hash_scope
+        api_key=api_key, query=query, model=model, prompt=prompt, lineage=continuation.hash_scope
     )
     redis = redis_client()
     request_fields = _request_fields(
@@ -172,6 +190,7 @@ def query_submit(
         webhook_url=webhook_url,
         metadata=metadata,
         no_cache=no_cache,
+        api=api,
     )
     # An intent whose rule says "never cache" (cache_ttl 0) has answers that go stale: no lookup either.
     lookup = settings.CACHE_ENABLED and not no_cache and route.cacheable
@@ -219,6 +238,7 @@ def query_submit(
             no_cache=no_cache,
             redis=redis,
             request_fields=request_fields,
+            prompt=prompt,
             job_fields=continuation.job_fields(),
         )
     raise Overloaded("Could not settle an identical in-flight query; try again.")
@@ -261,6 +281,7 @@ def _submit_from_cache_journaled(
         metadata=request_fields["metadata"],
         no_cache=request_fields["no_cache"],
         created_at=timezone.now(),
+        api=request_fields["api"],
     )
     try:
         raw = journal.journal_cache_hit(
@@ -312,6 +333,7 @@ def _submit_new_job(
     redis: Redis,
     request_fields: dict[str, Any],
     job_fields: dict[str, Any],
+    prompt: Prompt | None = None,
 ) -> Submission:
     # Autocommit: the row is visible at once to identical submissions waiting in _wait_for_job.
     job = Job.objects.create(
@@ -319,6 +341,8 @@ def _submit_new_job(
         id=job_id,
         hash=query_hash,
         query=request_fields["query"],
+        prompt_content=prompt.job_content() if prompt is not None else None,
+        system_prompt=prompt.system if prompt is not None else "",
         normalized_query=normalized,
         priority=request_fields["priority"],
         model=request_fields["model"],
@@ -328,6 +352,8 @@ def _submit_new_job(
         rq_job_id=str(job_id),
     )
     request = QueryRequest.objects.create(job=job, outcome=QueryRequest.Outcome.QUEUED, **request_fields)
+    # The stream exists from the start, so a reader can tell a queued job from an expired stream.
+    events_append(job.id, {"type": "progress", "state": Job.State.QUEUED, "progress": 0})
     try:
         job_enqueue(job=job)
     except RedisError as exc:

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("queries", "0004_job_retry_of"),
+        ("queries", "0005_prompt_blocks_stop_reason_request_api"),
     ]
 
     operations = [
