@@ -120,10 +120,7 @@ def continuation_of_history(*, history: lineage.History, api_key: ApiKey | None)
     prefix = history.prefix
     parent = session_match(api_key=api_key, lineage_hash=prefix) if history.pairs else None
     return Continuation(
-        prefix=prefix,
-        parent=parent,
-        turn_content=list(history.last) if history.pairs else None,
-        turn_number=len(history.pairs) + 1,
+        prefix=prefix, parent=parent, turn_content=list(history.last), turn_number=len(history.pairs) + 1
     )
 
 
