@@ -23,8 +23,9 @@ from console.admin.common import (
     search_term_kind,
     seconds_text,
 )
+from console.admin.sessions import session_link_html
 from queries import services
-from queries.models import ApiKey, Job, QueryRequest
+from queries.models import ApiKey, Job, QueryRequest, Session
 from routing.models import IntentRule
 from webhooks.models import WebhookDelivery
 
@@ -185,6 +186,10 @@ class JobAdmin(ReadOnlyAdmin):
         ),
         ("Answer", {"fields": ("response", "stop_reason", "served_from_cache", "cli_output_pretty")}),
         (
+            "Conversation",
+            {"fields": ("turn_number", "session_mode", "session_note", "continues_session", "own_session")},
+        ),
+        (
             "Cost and tokens",
             {
                 "fields": (
@@ -205,6 +210,14 @@ class JobAdmin(ReadOnlyAdmin):
         ("Worker", {"fields": ("worker_name", "cli_pid", "exit_code", "stderr_tail", "rq_job_id")}),
         ("Webhook deliveries", {"fields": ("webhook_deliveries",)}),
     )
+
+    @admin.display(description="continues session")
+    def continues_session(self, job: Job) -> str:
+        return session_link_html(job.session_parent)
+
+    @admin.display(description="its session")
+    def own_session(self, job: Job) -> str:
+        return session_link_html(Session.objects.filter(job=job).first())
 
     @admin.display(description="query")
     def short_query(self, job: Job) -> str:

@@ -200,19 +200,29 @@ def session_fallback(*, job: Job, invocation: ClaudeInvocation, reason: str) -> 
     return SessionPlan(invocation=replace(invocation, prompt=prompt, resume=None, session_id=None))
 
 
+def session_lineage(*, session: Session, limit: int = TRANSCRIPT_MAX_TURNS) -> list[Session]:
+    """The sessions of a conversation's turns up to ``session``, oldest first (at most ``limit``)."""
+    chain: list[Session] = []
+    current: Session | None = session
+    while current is not None and len(chain) < limit:
+        chain.append(current)
+        current = current.parent
+    return chain[::-1]
+
+
 def transcript_prompt(*, job: Job) -> str:
     """A native turn's conversation as one prompt: the earlier turns as a transcript, then the query."""
-    turns: list[tuple[str, str]] = []
-    session = job.session_parent
-    while session is not None and len(turns) < TRANSCRIPT_MAX_TURNS:
-        earlier = session.job
-        if earlier is not None:
-            turns.append((_turn_prompt(earlier), earlier.response))
-        session = session.parent
+    if job.session_parent is None:
+        return job.query
+    turns = [
+        (_turn_prompt(turn.job), turn.job.response)
+        for turn in session_lineage(session=job.session_parent)
+        if turn.job is not None
+    ]
     if not turns:
         return job.query
     lines = ["The conversation so far:"]
-    for user, answer in reversed(turns):
+    for user, answer in turns:
         lines += [f"User: {user}", f"Assistant: {answer}"]
     return "\n\n".join([*lines, "Now answer this, the next user message:", job.query])
 
