@@ -162,6 +162,9 @@ def session_plan(*, job: Job, invocation: ClaudeInvocation, config: RunnerConfig
         return session_fallback(job=job, invocation=invocation, reason=reason)
     resumed = replace(
         invocation,
+        # A turn that names no model continues on the session's own (the CLI's default would drop
+        # a context variant such as "[1m]" on resume, and with it the prompt cache of the history).
+        model=invocation.model or (parent.job.model if parent.job is not None and parent.job.model else None),
         prompt=_turn_prompt(job),
         resume=parent.cli_session_id,
         session_id=str(uuid.uuid4()),
