@@ -18,7 +18,10 @@ QUEUE_CONCURRENCY workers, as scripts/serve runs them. Then it measures:
 4. memory (RSS and PSS) per process at rest;
 5. cache hits with wrk at 16 connections, beside a bare Django view (bench/bare_app.py) served by the
    same gunicorn settings, checking every request was recorded (one QueryRequest row each);
-6. submissions that miss the cache with no worker running (only the submit path), with wrk.
+6. a conversation of 10 turns resumed (``sessionId``) against the same turns replayed flat: upstream
+   request bytes and input tokens per turn (the mock reports prompt-cache usage), and the latency of
+   a resumed turn against a fresh one (bench/conversation.py);
+7. submissions that miss the cache with no worker running (only the submit path), with wrk.
 
 It prints a table and writes it (Markdown, plus the raw figures as JSON) under bench/results/.
 Figures depend on the machine and on what else runs: it prints the load average at the start and
@@ -47,6 +50,7 @@ from typing import Any
 import bare
 import burst
 import cache
+import conversation
 import latency
 import memory
 import pool
@@ -70,6 +74,7 @@ WITH_GATEWAY = (
     (None, memory.measure),
     (None, pool.measure),
     ("cache", cache.measure),
+    ("conversation", conversation.measure),
     ("submit", submit.measure),  # stops the workers: the last
 )
 PHASES = tuple(dict.fromkeys(phase for phase, _ in BEFORE_GATEWAY + WITH_GATEWAY if phase))

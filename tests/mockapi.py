@@ -19,8 +19,9 @@ for the prompt text. Without a directive the answer is ``4`` when the prompt con
 ``echo: <first 200 characters of the prompt>`` otherwise. When the message carries a directive more
 than once (a transcript of earlier turns before the new one), the last one wins.
 
-``GET /_mock/requests`` lists the recorded request bodies, ``GET /_mock/turns`` each request's
-messages as turns (role, text, block types), so a test sees which earlier turns reached upstream.
+``GET /_mock/requests`` lists the recorded request bodies (``?since=N``: after the first N),
+``GET /_mock/turns`` each request's messages as turns (role, text, block types), so a test sees
+which earlier turns reached upstream.
 With ``--prompt-cache`` (``MockAnthropic(prompt_cache=True)``) usage is reported as the real prompt
 cache would: input tokens by size (4 bytes a token), and the longest prefix that an earlier request
 marked with ``cache_control`` as ``cache_read_input_tokens``.
@@ -43,12 +44,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 logger = logging.getLogger("mockapi")
 
 VERBOSE_ENV = "MOCKAPI_VERBOSE"
 INPUT_TOKENS = 12
+BILLING_HEADER = "x-anthropic-billing-header:"
 ECHO_CHARS = 200
 # Large answers go out in several deltas, as the real API streams them.
 DELTA_CHARS = 8192
@@ -240,7 +242,15 @@ def _without_cache_control(value: Any) -> Any:
 def prompt_segments(body: dict[str, Any]) -> list[tuple[Any, bool]]:
     """The request's prompt in cache order (tools, system, each message), each with whether it holds
     a ``cache_control`` breakpoint; the breakpoint markers themselves are not part of the content."""
-    parts = [body.get("tools") or [], body.get("system") or ""] + list(body.get("messages") or [])
+    system = body.get("system") or ""
+    if isinstance(system, list):
+        # The CLI's billing header changes with every request; the real cache does not key on it.
+        system = [b for b in system if not str(b.get("text", "")).startswith(BILLING_HEADER)]
+    # A string content is one text block to the tokenizer (the CLI sends it as a block when it marks it).
+    messages = [
+        {**m, "content": _blocks(m.get("content"))} for m in body.get("messages") or [] if isinstance(m, dict)
+    ]
+    parts = [body.get("tools") or [], system, *messages]
     return [(_without_cache_control(part), "cache_control" in json.dumps(part)) for part in parts]
 
 
@@ -379,7 +389,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.route == "/":
             self._send_json(200, {"ok": True})
         elif self.route == "/_mock/requests":
-            self._send_json(200, self.mock.message_requests())
+            # ?since=N: only the requests after the first N.
+            since = parse_qs(urlsplit(self.path).query).get("since", ["0"])[0]
+            self._send_json(200, self.mock.message_requests()[int(since) if since.isdigit() else 0 :])
         elif self.route == "/_mock/turns":
             self._send_json(200, self.mock.turns())
         elif self.route == "/_mock/hits":
