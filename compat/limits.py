@@ -9,7 +9,7 @@ by ``V1BodyLimitMiddleware``; the view itself never reads past the limit either.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -80,8 +80,8 @@ def body_json(request: HttpRequest) -> Any:
 
 
 Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 class V1BodyLimit:
@@ -105,7 +105,7 @@ class V1BodyLimit:
         received = 0
         refused = False
 
-        async def limited_receive() -> dict[str, Any]:
+        async def limited_receive() -> Mapping[str, Any]:
             nonlocal received, refused
             if refused:
                 return {"type": "http.disconnect"}

@@ -319,6 +319,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "queries.schema.add_plain_django_paths",
+        "compat.schema.add_v1_paths",
     ],
 }
 
