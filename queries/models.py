@@ -189,7 +189,7 @@ class Job(models.Model):
         help_text="The failed or cancelled job an operator retried as this one.",
     )
     # Conversations (queries.services.sessions): the session this turn continues, the lineage of the
-    # turns before it, and this turn's user message alone when the prompt carries a transcript.
+    # turns before it, and (/v1) this turn's user message alone, as the prompt holds the transcript.
     session_parent = models.ForeignKey(
         "Session",
         null=True,
