@@ -9,4 +9,4 @@ RUN pip install --no-cache-dir .
 COPY . .
 RUN SECRET_KEY=build python manage.py collectstatic --noinput
 EXPOSE 3000
-CMD ["gunicorn", "gateway_project.wsgi", "--config", "gateway_project/gunicorn.conf.py"]
+CMD ["gunicorn", "gateway_project.asgi:application", "--config", "gateway_project/gunicorn.conf.py"]

@@ -33,6 +33,7 @@ from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.http import HttpRequest, HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from core.asgi import ThreadedWSGI  # noqa: E402
 from core.redis import redis_client  # noqa: E402
 
 _KEY = os.environ["BENCH_CACHE_KEY"]
@@ -43,4 +44,5 @@ def cache_hit(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [path("api/query", cache_hit)]
-application = get_wsgi_application()
+# Served as the gateway is (core/asgi.py): the WSGI handler on threads under the uvicorn worker.
+application = ThreadedWSGI(get_wsgi_application(), threads=int(os.environ.get("WEB_THREADS", "4")))

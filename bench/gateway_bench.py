@@ -18,10 +18,13 @@ QUEUE_CONCURRENCY workers, as scripts/serve runs them. Then it measures:
 4. memory (RSS and PSS) per process at rest;
 5. cache hits with wrk at 16 connections, beside a bare Django view (bench/bare_app.py) served by the
    same gunicorn settings, checking every request was recorded (one QueryRequest row each);
-6. a conversation of 10 turns resumed (``sessionId``) against the same turns replayed flat: upstream
+6. the first streamed token through the native stream beside the bare CLI's first text delta
+   (bench/stream.py; other APIs add rows to its FIRST_TOKEN_APIS);
+7. a conversation of 10 turns resumed (``sessionId``) against the same turns replayed flat: upstream
    request bytes and input tokens per turn (the mock reports prompt-cache usage), and the latency of
    a resumed turn against a fresh one (bench/conversation.py);
-7. submissions that miss the cache with no worker running (only the submit path), with wrk.
+8. submissions that miss the cache with no worker running (only the submit path), with wrk;
+9. idle native streams held open on queued jobs, with the web's memory and cache hits beside them.
 
 It prints a table and writes it (Markdown, plus the raw figures as JSON) under bench/results/.
 Figures depend on the machine and on what else runs: it prints the load average at the start and
@@ -54,6 +57,7 @@ import conversation
 import latency
 import memory
 import pool
+import stream
 import submit
 from procs import loadavg, say
 from report import machine, report
@@ -74,8 +78,10 @@ WITH_GATEWAY = (
     (None, memory.measure),
     (None, pool.measure),
     ("cache", cache.measure),
+    ("stream", stream.first_token),
     ("conversation", conversation.measure),
-    ("submit", submit.measure),  # stops the workers: the last
+    ("submit", submit.measure),  # stops the workers: only what needs none follows
+    ("stream", stream.idle_streams),
 )
 PHASES = tuple(dict.fromkeys(phase for phase, _ in BEFORE_GATEWAY + WITH_GATEWAY if phase))
 CONFIG = (
@@ -100,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-n", type=int, default=20, help="sequential queries (each kind)")
     parser.add_argument("--bare-n", type=int, default=10, help="sequential bare CLI runs")
     parser.add_argument("--burst-n", type=int, default=30, help="queries in the burst, and xargs runs")
+    parser.add_argument("--stream-n", type=int, default=10, help="first-token runs (bare CLI and each API)")
+    parser.add_argument("--streams-n", type=int, default=500, help="idle streams held open")
+    parser.add_argument("--streams-hold", type=float, default=20.0, help="seconds the idle streams are held")
     parser.add_argument("--wrk-duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--wrk-connections", type=int, default=16)
     parser.add_argument("--wrk-threads", type=int, default=2)
@@ -131,6 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.latency_n, args.bare_n, args.burst_n, args.wrk_duration = 2, 2, 3, 1
+        args.stream_n, args.streams_n, args.streams_hold = 2, 20, 2.0
         args.concurrency = min(args.concurrency, 2)
     return args
 

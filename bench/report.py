@@ -248,6 +248,59 @@ def memory_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def first_token_rows(r: dict[str, Any]) -> list[Row]:
+    rows_by_api, bare = r["first_token"], r["first_token"]["bare"]
+    rows = []
+    for name, figures in rows_by_api.items():
+        if name == "bare":
+            continue
+        ratio = figures["p50"] / bare["p50"]
+        rows.append(
+            row(
+                f"First streamed token p50, {name} ({figures['n']} queries)",
+                fmt(figures["p50"], "s"),
+                f"bare CLI cold first text delta p50 {fmt(bare['p50'], 's')} ({bare['n']} runs)",
+                f"{ratio:.2f}×",
+                f"≤ 0.3× {verdict(ratio <= 0.3)}",
+            )
+        )
+    return rows
+
+
+def stream_rows(r: dict[str, Any]) -> list[Row]:
+    s = r["idle_streams"]
+    held = s["opened"] == s["open_at_end"] == s["n"]
+    rows = [
+        row(
+            f"Idle streams held open on queued jobs, {s['hold_s']:g} s",
+            f"{s['open_at_end']:,} / {s['n']:,}",
+            f"opened {s['opened']:,}",
+            "",
+            f"all {s['n']} {verdict(held)}",
+        ),
+        row(
+            "Web RSS before / with the streams open / at the end",
+            f"{s['web_rss_open_kib'] / 1024:.0f} MiB",
+            f"before {s['web_rss_before_kib'] / 1024:.0f} MiB, end {s['web_rss_after_kib'] / 1024:.0f} MiB",
+            f"+{(s['web_rss_open_kib'] - s['web_rss_before_kib']) / max(s['n'], 1):.0f} KiB/stream",
+            "",
+        ),
+    ]
+    if "cache_gateway" in r:
+        base = r["cache_gateway"]["per_second"]
+        ratio = s["cache_hits_per_second"] / base
+        rows.append(
+            row(
+                "Cache hits on /api/query with the streams open",
+                fmt(s["cache_hits_per_second"], "/s"),
+                f"without them: {fmt(base, '/s')}",
+                f"{ratio:.2f}×",
+                f"≥ 0.9× {verdict(ratio >= 0.9)}",
+            )
+        )
+    return rows
+
+
 # The sections in the table's order, each with the figures it needs (None: every run has them): a
 # measurement left out (--only) gives no rows.
 SECTIONS = (
@@ -255,6 +308,8 @@ SECTIONS = (
     ("burst", burst_rows),
     ("cache_gateway", cache_rows),
     ("submissions", submission_rows),
+    ("first_token", first_token_rows),
+    ("idle_streams", stream_rows),
     ("burst", cpu_rows),
     ("pool", pool_rows),
     ("conversation", conversation_rows),

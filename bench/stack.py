@@ -174,7 +174,7 @@ class Gateway:
 def start_gateway(setup: Setup, key: str) -> Gateway:
     """gunicorn and the rq worker pool, warmed up, with the warm CLI pool ready."""
     say("starting gunicorn and the rq worker pool")
-    web, url = start_web(setup, "gateway_project.wsgi", "web")
+    web, url = start_web(setup, "gateway_project.asgi:application", "web")
     workers = start_workers(setup)
     gateway = Gateway(url=url, web=web, workers=workers, key=key)
     warm_up(gateway)

@@ -30,7 +30,11 @@ _SECRET_SERVER_KEYS = ("env", "headers")
 
 @dataclass(frozen=True)
 class ClaudeInvocation:
-    """One CLI run: the prompt verbatim, plus the model and MCP servers that routing chose."""
+    """One CLI run: the prompt verbatim, plus the model and MCP servers that routing chose.
+
+    ``content`` (content blocks: text, images) replaces ``prompt`` as the user message's content
+    when given; ``system_prompt`` replaces the CLI's default system prompt.
+    """
 
     prompt: str
     model: str | None = None
@@ -43,14 +47,24 @@ class ClaudeInvocation:
     # continuations of one session never write the same file.
     resume: str | None = None
     session_id: str | None = None
+    content: list[dict[str, Any]] | None = None
+    system_prompt: str | None = None
 
     def __repr__(self) -> str:
         # MCP server env values and headers hold tokens and passwords; repr ends up in logs and tracebacks.
+        blocks = f", content=<{len(self.content)} blocks>" if self.content else ""
         return (
             f"ClaudeInvocation(prompt={self.prompt!r}, model={self.model!r}, "
             f"mcp_config={masked_mcp_config(self.mcp_config)!r}, allowed_tools={self.allowed_tools!r}, "
-            f"workdir={self.workdir!r}, resume={self.resume!r}, session_id={self.session_id!r})"
+            f"workdir={self.workdir!r}{blocks}, system_prompt={self.system_prompt!r}, "
+            f"resume={self.resume!r}, session_id={self.session_id!r})"
         )
+
+    def user_message_line(self) -> bytes:
+        """The prompt as the one stream-json ``user`` message the CLI reads from its stdin."""
+        content: Any = self.content if self.content else self.prompt
+        message = {"type": "user", "message": {"role": "user", "content": content}}
+        return (json.dumps(message, ensure_ascii=False) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -95,29 +109,49 @@ class ClaudeOutcome:
     pid: int | None
 
 
+STREAM_ARGS = (
+    "--print",
+    "--input-format",
+    "stream-json",
+    "--output-format",
+    "stream-json",
+    "--verbose",  # the CLI refuses stream-json output in --print mode without it
+    "--include-partial-messages",  # the upstream's SSE events (text deltas) as they arrive
+)
+
+
 def build_argv(
-    invocation: ClaudeInvocation, config: RunnerConfig, *, mcp_config_path: str | None = None
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    *,
+    mcp_config_path: str | None = None,
+    system_prompt_path: str | None = None,
 ) -> list[str]:
-    """The CLI's argv. The prompt always follows ``--``: ``--allowedTools`` and ``--mcp-config``
-    take several values and would otherwise swallow it, and a prompt starting with ``-`` would be
-    read as an option.
+    """The CLI's argv, cold or warm alike: the prompt is never in it. It goes to stdin as one
+    stream-json ``user`` message (:meth:`ClaudeInvocation.user_message_line`), which carries content
+    blocks (images) as they are, and stays out of ps.
 
     ``--strict-mcp-config`` is always given: without it the CLI adds the MCP servers of the user's
     and the project's own configuration, so a query routed to no server would still get tools.
-    The MCP configuration goes in as a file when ``mcp_config_path`` is given (run_claude does so:
-    argv is readable by every local user through ps, and server env values hold secrets), else
-    inline as JSON.
+    The MCP configuration and the system prompt go in as files when their paths are given
+    (run_claude does so: argv is readable by every local user through ps, and server env values
+    hold secrets), else inline.
     """
-    argv = [config.binary, "--print", "--output-format", "json"]
+    argv = [config.binary, *STREAM_ARGS]
     if invocation.model:
         argv += ["--model", invocation.model]
+    if invocation.system_prompt:
+        if system_prompt_path:
+            argv += ["--system-prompt-file", system_prompt_path]
+        else:
+            argv.append(f"--system-prompt={invocation.system_prompt}")
     if invocation.mcp_config and invocation.mcp_config.get("mcpServers"):
         argv += ["--mcp-config", mcp_config_path or json.dumps(invocation.mcp_config)]
     argv.append("--strict-mcp-config")
     if invocation.allowed_tools:
         argv += ["--allowedTools", *invocation.allowed_tools]
     argv += session_args(invocation, config)
-    argv += [*config.extra_args, "--", invocation.prompt]
+    argv += [*config.extra_args]
     return argv
 
 
@@ -151,20 +185,9 @@ def reserved_args_used(extra_args: tuple[str, ...] | list[str]) -> list[str]:
     return [arg for arg in extra_args if arg.split("=", 1)[0] in RESERVED_ARGS]
 
 
-def build_warm_argv(
-    invocation: ClaudeInvocation, config: RunnerConfig, *, mcp_config_path: str | None = None
-) -> list[str]:
-    """The argv of a CLI started ahead of its prompt: the same options as :func:`build_argv`, but the
-    prompt arrives later on stdin as one stream-json ``user`` message, so there is no ``--``."""
-    argv = [config.binary, "--print", "--input-format", "stream-json", "--output-format", "stream-json"]
-    argv.append("--verbose")  # the CLI refuses stream-json output in --print mode without it
-    cold = build_argv(replace(invocation, prompt=""), config, mcp_config_path=mcp_config_path)
-    return argv + cold[4:-2]  # everything between "--output-format json" and "-- <prompt>"
-
-
 def warm_capable(config: RunnerConfig) -> bool:
     """Whether CLIs can be started ahead of time with this configuration: CLAUDE_EXTRA_ARGS that set
-    the input or output format would contradict the stream-json that a warm CLI needs."""
+    the input or output format would contradict the stream-json that the pool expects."""
     return not any(arg.split("=", 1)[0] in ("--input-format", "--output-format") for arg in config.extra_args)
 
 
@@ -173,8 +196,9 @@ def warm_key(invocation: ClaudeInvocation, config: RunnerConfig) -> str:
     argument and setting but the prompt. SHA-256, so MCP secrets never show in logs or process state."""
     workdir = invocation.workdir or (str(config.workdir) if config.workdir else None)
     fields = {
-        "argv": build_warm_argv(invocation, config, mcp_config_path="-"),
+        "argv": build_argv(invocation, config, mcp_config_path="-", system_prompt_path="-"),
         "mcp": invocation.mcp_config if (invocation.mcp_config or {}).get("mcpServers") else None,
+        "system": invocation.system_prompt or None,
         "workdir": workdir,
         "traffic": config.disable_nonessential_traffic,
     }
@@ -212,10 +236,21 @@ def mcp_config_write(invocation: ClaudeInvocation) -> str | None:
     """The invocation's MCP configuration in a new file only this user can read (mode 0600)."""
     if not (invocation.mcp_config and invocation.mcp_config.get("mcpServers")):
         return None
-    fd, path = tempfile.mkstemp(prefix="claude-mcp-", suffix=".json")
+    return _private_file_write(json.dumps(invocation.mcp_config), prefix="claude-mcp-", suffix=".json")
+
+
+def system_prompt_write(invocation: ClaudeInvocation) -> str | None:
+    """The invocation's system prompt in a new file only this user can read (mode 0600)."""
+    if not invocation.system_prompt:
+        return None
+    return _private_file_write(invocation.system_prompt, prefix="claude-system-", suffix=".txt")
+
+
+def _private_file_write(text: str, *, prefix: str, suffix: str) -> str:
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(invocation.mcp_config, handle)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
     except BaseException:
         file_remove(path)
         raise
@@ -229,10 +264,13 @@ def file_remove(path: str | None) -> None:
 
 
 @contextmanager
-def mcp_config_file(invocation: ClaudeInvocation) -> Iterator[str | None]:
-    """The invocation's MCP configuration in a private file, removed afterwards."""
-    path = mcp_config_write(invocation)
+def invocation_files(invocation: ClaudeInvocation) -> Iterator[tuple[str | None, str | None]]:
+    """The invocation's MCP configuration and system prompt in private files, removed afterwards."""
+    mcp_path = mcp_config_write(invocation)
+    system_path = None
     try:
-        yield path
+        system_path = system_prompt_write(invocation)
+        yield mcp_path, system_path
     finally:
-        file_remove(path)
+        file_remove(mcp_path)
+        file_remove(system_path)

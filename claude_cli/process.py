@@ -5,8 +5,9 @@
 - The CLI runs in its own session, hence its own process group, and every stop signal goes to the
   whole group. The CLI starts MCP servers and other helpers; killing only the CLI would leave them
   running, and a helper that inherited stdout would keep the pipe open so reading never ends.
-- Output is read with a selector in the calling thread, with a cap on stdout and a rolling tail of
-  stderr, so a runaway or stuck process can always be abandoned.
+- Output is read with a selector in the calling thread, stdout handed on as it arrives (with a cap
+  on what is kept) and a rolling tail of stderr, so a runaway or stuck process can always be
+  abandoned.
 """
 
 from __future__ import annotations
@@ -153,19 +154,30 @@ def zombie_exit_status(pid: int) -> int:
 # Reading and waiting
 
 
-class Streams:
-    """stdout (capped) and a rolling stderr tail, read without threads so reading can stop at any time.
+class StdoutSink(Protocol):
+    """Where stdout goes as it is read (claude_cli.streamjson.StreamJsonParser)."""
 
-    With ``stdin`` and ``data`` (a warm CLI's prompt) the data is written in the same loop, without
-    blocking, and stdin closed once it is all written: a prompt larger than the pipe's buffer must
-    not hold the run past its timeout while the CLI is not reading.
+    overflowed: bool
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Streams:
+    """stdout handed to a sink as it arrives and a rolling stderr tail, read without threads so
+    reading can stop at any time. The sink bounds what it keeps (``overflowed`` past its cap).
+
+    With ``stdin`` and ``data`` (the prompt) the data is written in the same loop, without blocking,
+    and stdin closed once it is all written: a prompt larger than the pipe's buffer must not hold
+    the run past its timeout while the CLI is not reading.
     """
 
     def __init__(
         self,
         stdout: IO[bytes],
         stderr: IO[bytes],
-        max_stdout: int,
+        sink: StdoutSink,
         *,
         stdin: IO[bytes] | None = None,
         data: bytes = b"",
@@ -174,15 +186,17 @@ class Streams:
         self._selector = selectors.DefaultSelector()
         self._selector.register(stdout, selectors.EVENT_READ, "stdout")
         self._selector.register(stderr, selectors.EVENT_READ, "stderr")
-        self._max_stdout = max_stdout
         self._input = memoryview(data)
         self._stdin = stdin
         if stdin is not None:
             os.set_blocking(stdin.fileno(), False)
             self._selector.register(stdin, selectors.EVENT_WRITE, "stdin")
-        self.stdout = bytearray()
+        self.sink = sink
         self.stderr = bytearray()
-        self.overflowed = False
+
+    @property
+    def overflowed(self) -> bool:
+        return self.sink.overflowed
 
     @property
     def is_open(self) -> bool:
@@ -198,8 +212,11 @@ class Streams:
             chunk = os.read(key.fd, _READ_CHUNK)
             if not chunk:
                 self._selector.unregister(key.fileobj)
+                if key.data == "stdout":
+                    self.sink.finish()
             elif key.data == "stdout":
-                self._take_stdout(chunk)
+                # Past the sink's cap the data is dropped but still read: the writer never blocks.
+                self.sink.feed(chunk)
             else:
                 self.stderr += chunk
                 del self.stderr[:-STDERR_TAIL_BYTES]
@@ -237,14 +254,6 @@ class Streams:
         for file in self._files:
             with suppress(OSError):
                 file.close()
-
-    def _take_stdout(self, chunk: bytes) -> None:
-        # Past the cap the data is dropped but still read, so the writer never blocks on a full pipe.
-        room = self._max_stdout - len(self.stdout)
-        if len(chunk) > room:
-            self.overflowed = True
-        if room > 0:
-            self.stdout += chunk[:room]
 
 
 def wait_step(proc: Process, streams: Streams, timeout: float) -> None:

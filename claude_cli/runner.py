@@ -7,9 +7,9 @@ has been killed.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,7 +22,7 @@ from claude_cli.invocation import (
     CliErrorType,
     RunnerConfig,
     build_argv,
-    mcp_config_file,
+    invocation_files,
 )
 from claude_cli.process import (
     WAIT_STEP,
@@ -37,6 +37,7 @@ from claude_cli.process import (
     stop_group,
     wait_step,
 )
+from claude_cli.streamjson import Event, StreamJsonParser
 from claude_cli.warm import WarmProcess
 
 logger = logging.getLogger(__name__)
@@ -59,29 +60,38 @@ def run_claude(
     on_start: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     warm: WarmProcess | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> ClaudeOutcome:
     """Run the CLI once and report what happened.
 
     ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
-    every 0.2 s and, when it returns True, the run is stopped like a timeout.
+    every 0.2 s and, when it returns True, the run is stopped like a timeout. ``on_event(event)``
+    gets each text delta and tool start or end as the CLI prints it (claude_cli.streamjson).
+
+    The prompt goes to the CLI's stdin as one stream-json ``user`` message, then stdin is closed.
 
     ``warm`` is a CLI started ahead of time for this invocation's options (see :func:`start_warm`):
     the prompt is written to its stdin instead of starting a process. Timeouts, cancellation and the
     process-group cleanup are the same. If it exited before it could take the prompt, a cold start
     happens instead.
     """
+    parser = StreamJsonParser(max_line_bytes=config.max_output_bytes, on_event=on_event)
     if warm is not None:
-        outcome = _run_warm(invocation, config, warm, on_start=on_start, should_cancel=should_cancel)
+        outcome = _run_warm(invocation, config, warm, parser, on_start=on_start, should_cancel=should_cancel)
         if outcome is not None:
             return outcome
-    with mcp_config_file(invocation) as mcp_config_path:
-        return _run(invocation, config, mcp_config_path, on_start=on_start, should_cancel=should_cancel)
+    with invocation_files(invocation) as (mcp_config_path, system_prompt_path):
+        argv = build_argv(
+            invocation, config, mcp_config_path=mcp_config_path, system_prompt_path=system_prompt_path
+        )
+        return _run(invocation, config, argv, parser, on_start=on_start, should_cancel=should_cancel)
 
 
 def _run(
     invocation: ClaudeInvocation,
     config: RunnerConfig,
-    mcp_config_path: str | None,
+    argv: list[str],
+    parser: StreamJsonParser,
     *,
     on_start: Callable[[int], None] | None,
     should_cancel: Callable[[], bool] | None,
@@ -91,11 +101,12 @@ def _run(
     if invocation.workdir:
         config = replace(config, workdir=Path(invocation.workdir))
     try:
-        proc = start(build_argv(invocation, config, mcp_config_path=mcp_config_path), config, env)
+        # A pipe, not a file: with --input-format stream-json the CLI reads its stdin only from a pipe.
+        proc = start(argv, config, env, stdin=subprocess.PIPE)
     except StartError as exc:
         return _failure("cli_not_found", str(exc), started=started)
-    assert proc.stdout is not None and proc.stderr is not None
-    streams = Streams(proc.stdout, proc.stderr, config.max_output_bytes)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    streams = Streams(proc.stdout, proc.stderr, parser, stdin=proc.stdin, data=invocation.user_message_line())
     return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
 
 
@@ -103,6 +114,7 @@ def _run_warm(
     invocation: ClaudeInvocation,
     config: RunnerConfig,
     warm: WarmProcess,
+    parser: StreamJsonParser,
     *,
     on_start: Callable[[int], None] | None,
     should_cancel: Callable[[], bool] | None,
@@ -115,10 +127,8 @@ def _run_warm(
         warm.discard()
         return None
     assert warm.proc.stdin is not None and warm.proc.stdout is not None and warm.proc.stderr is not None
-    message = {"type": "user", "message": {"role": "user", "content": invocation.prompt}}
-    line = (json.dumps(message, ensure_ascii=False) + "\n").encode()
     streams = Streams(
-        warm.proc.stdout, warm.proc.stderr, config.max_output_bytes, stdin=warm.proc.stdin, data=line
+        warm.proc.stdout, warm.proc.stderr, parser, stdin=warm.proc.stdin, data=invocation.user_message_line()
     )
     try:
         return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
@@ -171,8 +181,10 @@ def _follow(
         return ClaudeOutcome(False, error_type, message, None, exit_code, stderr, duration, proc.pid)
 
     assert returncode is not None
-    data = _parse_result(bytes(streams.stdout))
-    failure = _classify(data, returncode, bytes(streams.stdout), stderr)
+    parser = streams.sink
+    assert isinstance(parser, StreamJsonParser)
+    data = parser.result if parser.result is not None else _not_a_result(parser.last_object)
+    failure = _classify(data, returncode, bytes(parser.head), stderr)
     if failure is None:
         return ClaudeOutcome(True, None, "", data, returncode, stderr, duration, proc.pid)
     error_type, message = failure
@@ -221,25 +233,15 @@ def _stop_message(reason: _StopReason, config: RunnerConfig, duration: float) ->
     return "cli_output_invalid", f"Claude CLI output exceeded {limit} bytes and the process was stopped"
 
 
-def _parse_result(stdout: bytes) -> dict[str, Any] | None:
-    """The result object: the whole output, or else the last line that is a ``"type": "result"`` object
-    (as with ``--output-format stream-json`` in CLAUDE_EXTRA_ARGS)."""
-    text = stdout.decode("utf-8", errors="replace").strip()
-    if not text:
-        return None
-    try:
-        whole = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        return whole if isinstance(whole, dict) else None
-    for line in reversed(text.splitlines()):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and obj.get("type") == "result":
-            return obj
+_STREAM_MESSAGE_TYPES = frozenset(("system", "assistant", "user", "stream_event"))
+
+
+def _not_a_result(obj: object) -> dict[str, Any] | None:
+    """What stands for the result when no ``result`` line came: the last JSON object printed if it
+    is some other object (classified as not a result); None if it was an ordinary stream-json
+    message, or no object at all (the exit code and stderr, or the output's excerpt, then tell)."""
+    if isinstance(obj, dict) and obj.get("type") not in _STREAM_MESSAGE_TYPES:
+        return obj
     return None
 
 

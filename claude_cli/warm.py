@@ -13,7 +13,7 @@ from pathlib import Path
 from claude_cli.invocation import (
     ClaudeInvocation,
     RunnerConfig,
-    build_warm_argv,
+    build_argv,
     file_remove,
     mcp_config_write,
     warm_key,
@@ -102,7 +102,7 @@ def start_warm(invocation: ClaudeInvocation, config: RunnerConfig) -> WarmProces
         config = replace(config, workdir=Path(invocation.workdir))
     path = mcp_config_write(invocation)
     try:
-        argv = build_warm_argv(invocation, config, mcp_config_path=path)
+        argv = build_argv(invocation, config, mcp_config_path=path)
         proc = start(argv, config, env, stdin=subprocess.PIPE)
     except StartError as exc:
         file_remove(path)

@@ -1,16 +1,19 @@
-"""gunicorn's threaded worker, with gunicorn's own refusals in the API's JSON error shape.
+"""gunicorn's worker for the web: uvicorn (ASGI), with the server's own refusals in the API's JSON shape.
 
-gunicorn answers a request it cannot parse (a request line over ``limit_request_line``, a header
-field over ``limit_request_field_size``, too many fields, a malformed line) itself, before Django
-runs, with an HTML page. Clients of the API get ``{"error": {...}}`` for those too.
+uvicorn answers a request it cannot parse (a malformed request line or header, headers past its
+buffer) itself, before the application runs, with a plain-text 400. Clients of the API get
+``{"error": {...}}`` for those too. gunicorn's ceilings on the request line, a header field and the
+number of fields are enforced by core.asgi in the same shape.
 """
 
 from __future__ import annotations
 
 import json
 
+import h11
 from gunicorn import glogging, util
-from gunicorn.workers.gthread import ThreadWorker
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn_worker import UvicornWorker
 
 # (status, reason) by what gunicorn reported; everything else keeps gunicorn's status.
 _LINE_TOO_LONG = "Request Line is too large"
@@ -53,9 +56,53 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:  # 
     util.write_nonblock(sock, head.encode("latin1") + body)
 
 
-class JsonErrorThreadWorker(ThreadWorker):
+def json_error_body(status: int) -> bytes:
+    return json.dumps(
+        {
+            "error": {
+                "type": _TYPES.get(status, "invalid_request_error"),
+                "message": _MESSAGES.get(status, "Malformed HTTP request."),
+                "details": {},
+            }
+        }
+    ).encode()
+
+
+class JsonErrorH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering what it cannot parse with the API's JSON 400."""
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's message can quote what the client sent; it is logged, not echoed back.
+        body = json_error_body(400)
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"),
+        ]
+        self.transport.write(
+            self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
+        )
+        self.transport.write(self.conn.send(h11.Data(data=body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
+
+
+class GatewayUvicornWorker(UvicornWorker):
+    """uvicorn under gunicorn: the asyncio loop, the JSON-refusing HTTP/1.1 protocol, the
+    application's own access line (core.logs) instead of uvicorn's, and a bounded graceful stop
+    (open event streams would otherwise hold it until gunicorn's kill)."""
+
+    CONFIG_KWARGS = {
+        "loop": "asyncio",
+        "http": "core.gunicorn_worker:JsonErrorH11Protocol",
+        "lifespan": "on",
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "server_header": False,
+    }
+
     def init_process(self) -> None:
-        # The base worker's handle_error calls gunicorn.util.write_error by module attribute.
+        # gunicorn's own error page, should gunicorn write one, in the same shape.
         util.write_error = write_json_error
         super().init_process()
 

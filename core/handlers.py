@@ -19,8 +19,9 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.utils.module_loading import import_string
 
 
-class _Handler(WSGIHandler):
-    """A WSGIHandler built from the given middleware list instead of settings.MIDDLEWARE."""
+class MiddlewareList:
+    """A Django handler (WSGI or ASGI) built from the given middleware list instead of
+    settings.MIDDLEWARE."""
 
     def __init__(self, middleware: list[str]):
         self._middleware_setting = middleware
@@ -31,9 +32,13 @@ class _Handler(WSGIHandler):
         full = settings.MIDDLEWARE
         settings.MIDDLEWARE = self._middleware_setting
         try:
-            super().load_middleware(is_async)
+            super().load_middleware(is_async)  # type: ignore[misc]
         finally:
             settings.MIDDLEWARE = full
+
+
+class _Handler(MiddlewareList, WSGIHandler):
+    """A WSGIHandler with only the given middleware."""
 
 
 class GatewayWSGIHandler:

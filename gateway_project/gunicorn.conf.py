@@ -1,21 +1,22 @@
-"""gunicorn settings, from the environment (PORT, WEB_CONCURRENCY, WEB_THREADS)."""
+"""gunicorn settings, from the environment (PORT, WEB_CONCURRENCY; WEB_THREADS is read by core.asgi).
+
+The application is gateway_project.asgi under uvicorn workers: async views (event streams,
+``?wait=``) wait on the event loop, everything else runs on WEB_THREADS threads per worker.
+"""
 
 import multiprocessing
 import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
-# Threads keep a worker answering while one request waits on a dedup join or a slow database.
-worker_class = "core.gunicorn_worker.JsonErrorThreadWorker"  # gthread, with JSON refusals
+wsgi_app = "gateway_project.asgi:application"
+worker_class = "core.gunicorn_worker.GatewayUvicornWorker"  # uvicorn, with JSON refusals
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
-threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
-# gunicorn's own ceilings, above the gateway's URL_MAX_CHARS and HEADERS_MAX_BYTES so that most
-# refusals come from Django with a precise message; both answer in the API's JSON shape.
-limit_request_line = 8190
-limit_request_fields = 100
-limit_request_field_size = 8190
+# The server's ceilings (request line 8190 bytes, a header field 8190, 100 fields) are core.asgi's,
+# above the gateway's URL_MAX_CHARS and HEADERS_MAX_BYTES so that most refusals come from Django
+# with a precise message; both answer in the API's JSON shape.
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 logger_class = "core.gunicorn_worker.GatewayLogger"
 errorlog = "-"

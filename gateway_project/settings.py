@@ -100,6 +100,9 @@ API_PATH_PREFIXES = ("/api/", "/v1/", "/health", "/ready", "/metrics")
 # Answered, when they can be, before Django's handler runs (core/handlers.py).
 FAST_PATHS = {("POST", "/api/query"): "queries.hits.cache_hit_response"}
 
+# Threads per web process for everything but async views (core/asgi.py).
+WEB_THREADS = env_int("WEB_THREADS", 4, minimum=1, maximum=256)
+
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"
 ASGI_APPLICATION = "gateway_project.asgi.application"

@@ -4,11 +4,13 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import health
-from queries.api import QueryCreateApi, QueryDetailApi
+from queries.api import QueryCreateApi
+from queries.streaming import query_detail, query_stream
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("api/query", QueryCreateApi.as_view(), name="query-create"),
-    path("api/query/<str:job_id>", QueryDetailApi.as_view(), name="query-detail"),
+    path("api/query/<str:job_id>/stream", query_stream, name="query-stream"),
+    path("api/query/<str:job_id>", query_detail, name="query-detail"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("health", health.health, name="health"),

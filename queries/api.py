@@ -176,6 +176,18 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
+def job_visible(request: Request, job_id: str) -> Job:
+    """The job if the caller's key may see it, else the API's 404 (one of its requests points there)."""
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound("No such job: job ids are UUIDs.") from None
+    job = services.job_get_for_caller(job_id=parsed, api_key=request_api_key(request))
+    if job is None:
+        raise NotFound(f"No job {parsed}.")
+    return job
+
+
 class QueryDetailApi(APIView):
     class OutputSerializer(serializers.Serializer):
         def to_representation(self, job: Job) -> dict[str, Any]:
@@ -193,11 +205,28 @@ class QueryDetailApi(APIView):
 
     @extend_schema(**schema.QUERY_DETAIL)
     def get(self, request: Request, job_id: str) -> Response:
-        try:
-            parsed = uuid.UUID(job_id)
-        except ValueError:
-            raise NotFound("No such job: job ids are UUIDs.") from None
-        job = services.job_get_for_caller(job_id=parsed, api_key=request_api_key(request))
-        if job is None:
-            raise NotFound(f"No job {parsed}.")
-        return Response(self.OutputSerializer(job).data)
+        wait = wait_seconds(request.query_params.get("wait"))
+        job = job_visible(request, job_id)
+        response = Response(self.OutputSerializer(job).data)
+        if wait is not None and not job.is_finished:
+            # queries.streaming.query_detail waits that long for the final event, then asks again.
+            response.wait_seconds = wait  # type: ignore[attr-defined]
+        return response
+
+
+WAIT_MAX_SECONDS = 60
+
+
+def wait_seconds(value: str | None) -> float | None:
+    """``?wait=S``: a number of seconds, 0 < S <= 60, or None when absent; a 400 naming ``wait``."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= WAIT_MAX_SECONDS:
+        raise serializers.ValidationError(
+            {"wait": [f"Must be a number of seconds above 0 and at most {WAIT_MAX_SECONDS}."]}
+        )
+    return seconds

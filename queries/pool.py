@@ -83,15 +83,25 @@ def descriptor_from_meta(meta: dict[str, Any] | None) -> Descriptor | None:
     return (model or None, tuple(sorted(str(name) for name in servers)))
 
 
-def invocation_for(*, prompt: str, model: str | None, route: Route) -> ClaudeInvocation:
+def invocation_for(
+    *,
+    prompt: str,
+    model: str | None,
+    route: Route,
+    content: list[dict[str, Any]] | None = None,
+    system_prompt: str | None = None,
+) -> ClaudeInvocation:
     """The CLI invocation for a query routed to ``route``: the one place it is put together, so a
-    CLI started ahead of time has exactly the options the job will need."""
+    CLI started ahead of time has exactly the options the job will need (a system prompt is an
+    option: a job with one starts its CLI cold)."""
     return ClaudeInvocation(
         prompt=prompt,
         model=model or None,
         mcp_config=route.mcp_config(),
         allowed_tools=route.allowed_tools(),
         workdir=route.workdir,
+        content=content,
+        system_prompt=system_prompt,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
@@ -84,6 +85,9 @@ class ResultSerializer(serializers.Serializer):
         allow_null=True, help_text="What the run cost (the CLI's `total_cost_usd`); 0 when served from cache."
     )
     usage = UsageSerializer(help_text="Token counts.")
+    stopReason = serializers.CharField(  # noqa: N815
+        allow_null=True, help_text="Why the answer ended, as the CLI reported it: `end_turn`, `max_tokens`..."
+    )
 
 
 class QueryQueuedSerializer(serializers.Serializer):
@@ -223,27 +227,74 @@ QUERY_CREATE: dict[str, Any] = {
     ],
 }
 
+JOB_ID = OpenApiParameter(
+    "job_id",
+    type=str,
+    location=OpenApiParameter.PATH,
+    description="The `jobId` a submission returned (a UUID).",
+)
+JOB_ERRORS = {
+    400: ERROR_400,
+    401: ERROR_401,
+    404: ERROR_404,
+    405: ERROR_405,
+    414: ERROR_414,
+    431: ERROR_431,
+    500: ERROR_500,
+}
+
 QUERY_DETAIL: dict[str, Any] = {
     "operation_id": "query_detail",
     "summary": "A job's state and result",
     "parameters": [
+        JOB_ID,
         OpenApiParameter(
-            "job_id",
-            type=str,
-            location=OpenApiParameter.PATH,
-            description="The `jobId` a submission returned (a UUID).",
+            "wait",
+            type=float,
+            location=OpenApiParameter.QUERY,
+            required=False,
+            description=(
+                "Seconds to wait (above 0, at most 60) for the job to finish before answering: the "
+                "reply comes as soon as the job is final, or with its current state once they pass."
+            ),
         ),
         WWW_AUTHENTICATE,
     ],
     "responses": {
         200: OpenApiResponse(QueryDetailSerializer, description="The job."),
-        400: ERROR_400,
-        401: ERROR_401,
-        404: ERROR_404,
-        405: ERROR_405,
-        414: ERROR_414,
-        431: ERROR_431,
-        500: ERROR_500,
+        **JOB_ERRORS,
+    },
+}
+
+
+QUERY_STREAM: dict[str, Any] = {
+    "operation_id": "query_stream",
+    "summary": "A job's live events (Server-Sent Events)",
+    "description": (
+        "The job's events from the start, as `text/event-stream`: `id:` the event's id, `event:` "
+        "`progress`, `text` (a delta of the answer), `tool` (an MCP tool starting or ending), then "
+        "exactly one `result` (the Result) or `error` (`{type, message, status}`), and the response "
+        "ends. `data:` is the event as JSON. A comment line (`: ping`) is sent every "
+        "`EVENTS_PING_SECONDS` while nothing happens. Send `Last-Event-ID` to resume after an event. "
+        "Every caller joined to the job sees the same stream."
+    ),
+    "parameters": [
+        JOB_ID,
+        OpenApiParameter(
+            "Last-Event-ID",
+            type=str,
+            location=OpenApiParameter.HEADER,
+            required=False,
+            pattern=r"^\d+-\d+$",
+            description="Resume after this event (the `id:` of the last event received).",
+        ),
+        WWW_AUTHENTICATE,
+    ],
+    "responses": {
+        (200, "text/event-stream"): OpenApiResponse(
+            OpenApiTypes.STR, description="The events, until the final one."
+        ),
+        **JOB_ERRORS,
     },
 }
 

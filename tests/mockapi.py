@@ -12,6 +12,14 @@ Behaviour is chosen by directives in the text of the last user message:
 - ``[[mock:tool=NAME input=JSON]]``  answer with a ``tool_use`` block; once the conversation
   carries the ``tool_result``, answer ``tool said: <result text>``
 - ``[[mock:big=N]]``           answer N characters of ``x``
+- ``[[mock:drip=N gap=SECONDS]]``  stream the answer as N text deltas, SECONDS apart (0.2 by
+  default); the answer is the ``text`` directive's, split in N, or ``part1 part2 … partN``
+- ``[[mock:fail_after=K]]``    stream K text deltas (with ``drip``'s gaps), then an SSE ``error``
+  event (``invalid_request_error``) instead of the rest of the message; the CLI retries such a
+  stream without streaming, and that request gets a 400
+
+``received()`` tells what upstream got, request by request: the system prompt, the messages (role
+and content blocks, images as ``{"type": "image", "media_type", "bytes"}``) and their number.
 
 When the last user message carries a ``tool_result``, the directives come from the prompt before
 it (so ``sleep`` applies to every turn). ``<system-reminder>`` text that the CLI adds is ignored
@@ -30,6 +38,7 @@ marked with ``cache_control`` as ``cache_read_input_tokens``.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import itertools
 import json
@@ -161,6 +170,10 @@ class Reply:
     error_message: str = "mock error"
     # Input usage as a prompt cache would report it (MockAnthropic(prompt_cache=True)); None: fixed.
     input_usage: dict[str, int] | None = None
+    # drip: the text goes out in this many deltas, gap seconds apart; fail_after: deltas, then an error.
+    drip: int = 0
+    gap: float = 0.0
+    fail_after: int | None = None
 
     @property
     def stop_reason(self) -> str:
@@ -172,8 +185,33 @@ class Reply:
         return max(1, math.ceil(size / 4))
 
 
+_DRIP_RE = re.compile(r"\s*(\d+)(?:\s+gap=([0-9.]+))?\s*\Z")
+DRIP_GAP = 0.2
+
+
 def choose_reply(turn: Turn) -> Reply:
-    """Apply the directives (sleep aside) to pick the answer."""
+    """Apply the directives (sleep aside) to pick the answer, then how it is streamed."""
+    reply = _choose_content(turn)
+    d = turn.directives
+    if reply.status >= 400 or reply.tool_name or not ("drip" in d or "fail_after" in d):
+        return reply
+    if "drip" in d:
+        match = _DRIP_RE.match(d["drip"])
+        if not match or int(match.group(1)) < 1:
+            return Reply(status=400, error_message=f"mock: bad drip directive {d['drip']!r}")
+        reply.drip = int(match.group(1))
+        reply.gap = float(match.group(2)) if match.group(2) else DRIP_GAP
+        if "text" not in d:
+            reply.text = " ".join(f"part{i + 1}" for i in range(reply.drip))
+    if "fail_after" in d:
+        try:
+            reply.fail_after = max(0, int(d["fail_after"].strip()))
+        except ValueError:
+            return Reply(status=400, error_message=f"mock: bad fail_after {d['fail_after']!r}")
+    return reply
+
+
+def _choose_content(turn: Turn) -> Reply:
     d = turn.directives
     if "error" in d:
         try:
@@ -296,6 +334,16 @@ def message_json(reply: Reply, message_id: str, model: str, tool_id: str) -> dic
     }
 
 
+def text_pieces(reply: Reply) -> list[str]:
+    """The answer's text deltas: ``drip`` of them, else DELTA_CHARS-sized ones."""
+    text = reply.text or ""
+    if reply.drip:
+        size = max(1, math.ceil(len(text) / reply.drip))
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        return pieces + [""] * (reply.drip - len(pieces))
+    return [text[i : i + DELTA_CHARS] for i in range(0, len(text), DELTA_CHARS)] or [""]
+
+
 def sse_events(reply: Reply, message_id: str, model: str, tool_id: str) -> Iterator[tuple[str, dict]]:
     """The streamed Messages response, as (event type, data) pairs."""
     yield (
@@ -318,14 +366,14 @@ def sse_events(reply: Reply, message_id: str, model: str, tool_id: str) -> Itera
         start = {"type": "tool_use", "id": tool_id, "name": reply.tool_name, "input": {}}
         deltas = [{"type": "input_json_delta", "partial_json": reply.tool_input_json}]
     else:
-        text = reply.text or ""
         start = {"type": "text", "text": ""}
-        deltas = [
-            {"type": "text_delta", "text": text[i : i + DELTA_CHARS]}
-            for i in range(0, len(text), DELTA_CHARS)
-        ] or [{"type": "text_delta", "text": ""}]
+        deltas = [{"type": "text_delta", "text": piece} for piece in text_pieces(reply)]
     yield "content_block_start", {"type": "content_block_start", "index": 0, "content_block": start}
-    for delta in deltas:
+    for n, delta in enumerate(deltas):
+        if reply.fail_after is not None and n == reply.fail_after:
+            failure = error_body(400, "mock: failed mid-stream")
+            yield "error", failure
+            return
         yield "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
     yield "content_block_stop", {"type": "content_block_stop", "index": 0}
     yield (
@@ -337,6 +385,37 @@ def sse_events(reply: Reply, message_id: str, model: str, tool_id: str) -> Itera
         },
     )
     yield "message_stop", {"type": "message_stop"}
+
+
+def received_view(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body as tests compare it: the system prompt's text, each message's role and blocks
+    (an image as its media type and decoded size, not its data), and the number of messages."""
+    system = body.get("system")
+    system_text = (
+        system
+        if isinstance(system, str)
+        else "\n".join(b.get("text", "") for b in _blocks(system) if b.get("type") == "text")
+    )
+    messages = []
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        blocks = []
+        for block in _blocks(message.get("content")):
+            if block.get("type") == "image":
+                source = block.get("source") or {}
+                data = source.get("data") or ""
+                blocks.append(
+                    {
+                        "type": "image",
+                        "media_type": source.get("media_type"),
+                        "bytes": len(base64.b64decode(data)) if data else 0,
+                    }
+                )
+            else:
+                blocks.append(block)
+        messages.append({"role": message.get("role"), "content": blocks})
+    return {"system": system_text, "messages": messages, "turns": len(messages)}
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -439,8 +518,12 @@ class _Handler(BaseHTTPRequestHandler):
         n = self.mock._next_message_id()
         message_id, tool_id = f"msg_mock_{n}", f"toolu_mock_{n}"
         model = str(body.get("model") or "claude-mock")
+        if reply.fail_after is not None and not body.get("stream"):
+            # The CLI retries a stream that failed without streaming: that fails too.
+            self._send_json(400, error_body(400, "mock: failed mid-stream"))
+            return
         if body.get("stream"):
-            self._send_sse(sse_events(reply, message_id, model, tool_id))
+            self._send_sse(sse_events(reply, message_id, model, tool_id), gap=reply.gap)
         else:
             self._send_json(200, message_json(reply, message_id, model, tool_id))
 
@@ -482,13 +565,21 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _send_sse(self, events: Iterator[tuple[str, dict]]) -> None:
+    def _send_sse(self, events: Iterator[tuple[str, dict]], *, gap: float = 0.0) -> None:
         # Chunked encoding keeps the connection reusable, as the real API's keep-alive is.
         try:
             self._start_response(200, "text/event-stream", None)
+            deltas = 0
             for event, data in events:
+                if event in ("content_block_delta", "error") and gap:
+                    if deltas and self.mock._stopping.wait(gap):
+                        self.close_connection = True
+                        return
+                    deltas += 1
                 frame = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+                if gap:
+                    self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -540,6 +631,10 @@ class MockAnthropic:
     def turns(self) -> list[list[dict[str, Any]]]:
         """Each recorded ``POST /v1/messages`` as its turns (:func:`turns_of`), in arrival order."""
         return [turns_of(body) for body in self.message_requests()]
+
+    def received(self) -> list[dict[str, Any]]:
+        """What upstream got, per ``POST /v1/messages``: system prompt, messages and their number."""
+        return [received_view(body) for body in self.message_requests()]
 
     def reset(self) -> None:
         """Forget the recorded requests, hits and cached prompt prefixes."""

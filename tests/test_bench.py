@@ -61,6 +61,9 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
         "Conversation of 3 turns: upstream request bytes",
         "Input tokens per turn (uncached+reads), resumed",
         "Latency of a later turn p50: resumed",
+        "First streamed token p50, native",
+        "Idle streams held open on queued jobs",
+        "Cache hits on /api/query with the streams open",
         "Load average at start",
     ):
         assert measurement in table, measurement
@@ -80,3 +83,7 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
     # Resumed, a later turn reads the whole earlier conversation from the prompt cache.
     last = conversation["resumed"][-1]
     assert last["cache_read"] > conversation["flat"][-1]["cache_read"]
+    assert raw["first_token"]["native"]["n"] == raw["first_token"]["bare"]["n"] > 0
+    streams = raw["idle_streams"]
+    assert streams["opened"] == streams["open_at_end"] == streams["n"] > 0
+    assert streams["cache_hits_per_second"] > 0 and streams["cache_hits_non_2xx"] == 0

@@ -86,25 +86,45 @@ def reap_strays() -> Iterator[list[int]]:
 # build_argv
 
 
-def test_argv_puts_the_prompt_after_double_dash_last() -> None:
+STREAM = [
+    "--print",
+    "--input-format",
+    "stream-json",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--include-partial-messages",
+]
+
+
+def test_argv_reads_stream_json_and_never_holds_the_prompt() -> None:
     argv = build_argv(ClaudeInvocation(prompt="What is 2+2?"), RunnerConfig(binary="claude", timeout=5))
 
-    assert argv == [
-        "claude",
-        "--print",
-        "--output-format",
-        "json",
-        "--strict-mcp-config",
-        "--",
-        "What is 2+2?",
+    assert argv == ["claude", *STREAM, "--strict-mcp-config"]
+
+
+def test_the_prompt_is_one_stream_json_user_message_with_its_blocks() -> None:
+    assert json.loads(ClaudeInvocation(prompt="--help me").user_message_line()) == {
+        "type": "user",
+        "message": {"role": "user", "content": "--help me"},
+    }
+    blocks = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
     ]
+    line = ClaudeInvocation(prompt="What is this?", content=blocks).user_message_line()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line)["message"]["content"] == blocks
 
 
-def test_argv_keeps_a_prompt_that_looks_like_an_option_after_double_dash() -> None:
-    argv = build_argv(ClaudeInvocation(prompt="--help me"), RunnerConfig(binary="claude", timeout=5))
+def test_argv_passes_the_system_prompt_as_a_file_or_inline() -> None:
+    invocation = ClaudeInvocation(prompt="hi", system_prompt="-- be terse")
+    config = RunnerConfig(binary="claude", timeout=5)
 
-    assert argv[-2:] == ["--", "--help me"]
-    assert argv.count("--help me") == 1
+    assert "--system-prompt=-- be terse" in build_argv(invocation, config)
+    argv = build_argv(invocation, config, system_prompt_path="/tmp/claude-system-x.txt")
+    assert argv[argv.index("--system-prompt-file") + 1] == "/tmp/claude-system-x.txt"
+    assert "-- be terse" not in " ".join(argv)
 
 
 def test_argv_adds_model_mcp_tools_and_extra_args_in_order() -> None:
@@ -121,9 +141,7 @@ def test_argv_adds_model_mcp_tools_and_extra_args_in_order() -> None:
 
     assert argv == [
         "/opt/claude",
-        "--print",
-        "--output-format",
-        "json",
+        *STREAM,
         "--model",
         "claude-sonnet-4-5",
         "--mcp-config",
@@ -135,10 +153,7 @@ def test_argv_adds_model_mcp_tools_and_extra_args_in_order() -> None:
         "--bare",
         "--max-turns",
         "3",
-        "--",
-        "read x.txt",
     ]
-    assert json.loads(argv[argv.index("--mcp-config") + 1]) == mcp
 
 
 @pytest.mark.parametrize("mcp_config", [None, {}, {"mcpServers": {}}])
@@ -285,14 +300,7 @@ def test_success_returns_the_parsed_result(tmp_path: Path) -> None:
     assert outcome.data["result"] == "-n What is 2+2?"
     assert outcome.data["is_error"] is False
     assert outcome.duration > 0
-    assert json.loads(argv_file.read_text())[1:] == [
-        "--print",
-        "--output-format",
-        "json",
-        "--strict-mcp-config",
-        "--",
-        "-n What is 2+2?",
-    ]
+    assert json.loads(argv_file.read_text())[1:] == [*STREAM, "--strict-mcp-config"]
 
 
 def test_on_start_receives_the_pid_of_the_running_cli(tmp_path: Path) -> None:
@@ -339,7 +347,7 @@ def test_environment_setting_can_be_turned_off(tmp_path: Path) -> None:
     assert json.loads(outcome.data["result"])["disable_nonessential_traffic"] == "<unset>"
 
 
-def test_stdin_is_not_an_open_pipe(tmp_path: Path) -> None:
+def test_stdin_is_closed_after_the_prompt(tmp_path: Path) -> None:
     outcome = run_fake(tmp_path, "stdin", timeout=5.0)
 
     assert outcome.ok, outcome
@@ -360,6 +368,21 @@ def test_stream_json_output_uses_the_last_result_line(tmp_path: Path) -> None:
 
     assert outcome.ok, outcome
     assert outcome.data == lines[-1]
+
+
+def test_on_event_gets_text_deltas_and_tool_activity_as_they_are_printed(tmp_path: Path) -> None:
+    seen: list[dict] = []
+
+    outcome = run_claude(ClaudeInvocation(prompt="4"), fake_config(tmp_path, "stream"), on_event=seen.append)
+
+    assert outcome.ok, outcome
+    assert seen == [
+        {"type": "text", "text": "Let me "},
+        {"type": "text", "text": "look."},
+        {"type": "tool", "name": "mcp__fs__read_text_file", "phase": "start"},
+        {"type": "tool", "name": "mcp__fs__read_text_file", "phase": "end"},
+        {"type": "text", "text": "4"},
+    ]
 
 
 # Failures reported by the CLI

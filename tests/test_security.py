@@ -422,6 +422,7 @@ def test_schema_describes_every_endpoint_field_and_error():
     assert set(operations) == {
         ("/api/query", "post"),
         ("/api/query/{job_id}", "get"),
+        ("/api/query/{job_id}/stream", "get"),
         ("/health", "get"),
         ("/ready", "get"),
     }

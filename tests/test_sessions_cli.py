@@ -12,7 +12,6 @@ from claude_cli.invocation import (
     ClaudeInvocation,
     RunnerConfig,
     build_argv,
-    build_warm_argv,
     reserved_args_used,
 )
 from claude_cli.sessions import (
@@ -96,11 +95,11 @@ def test_resume_argv_forks_under_a_chosen_id_and_no_persistence_without_sessions
     argv = build_argv(resumed, config)
     i = argv.index("--resume")
     assert argv[i : i + 5] == ["--resume", SID, "--fork-session", "--session-id", resumed.session_id]
-    assert argv[-2:] == ["--", "why?"] and "--no-session-persistence" not in argv
+    assert "why?" not in argv and "--no-session-persistence" not in argv  # the prompt goes to stdin
     assert "--resume" not in build_argv(ClaudeInvocation(prompt="hi"), config)
     off = RunnerConfig(binary="claude", timeout=5, sessions=False)
     assert "--no-session-persistence" in build_argv(ClaudeInvocation(prompt="hi"), off)
-    assert "--no-session-persistence" in build_warm_argv(ClaudeInvocation(prompt=""), off)
+    assert "--resume" not in build_argv(resumed, off)
 
 
 def test_extra_args_may_not_set_the_session_options():

@@ -3,7 +3,9 @@ mock Anthropic API, which records the turns of every upstream request."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 
 import pytest
 import requests
@@ -99,8 +101,9 @@ def test_a_continued_turn_resumes_on_another_host_after_the_first_worker_and_its
     first_worker = worker_process()
     first = ask(http, "Remember the number 7. [[mock:text=Noted: 7.]]")
     assert first["state"] == "completed"
-    # The first host goes away with its HOME, where the CLI had saved the session.
-    first_worker.terminate()
+    # The first host goes away, abruptly (its whole process group), with its HOME, where the CLI
+    # had saved the session.
+    os.killpg(first_worker.pid, signal.SIGKILL)
     first_worker.wait(timeout=30)
     (first_home,) = tmp_path.glob("home[0-9]*")
     shutil.rmtree(first_home)

@@ -31,13 +31,13 @@ def test_success_is_stored_cached_and_the_mark_cleared(fake_claude, tmp_path, se
     assert job.started_at and job.finished_at and job.cli_pid
     assert job.error_type == "" and job.exit_code == 0
     result = job.result_payload()
-    assert "Hello there" in result["response"]
+    assert result["response"] == "Hello there"  # sent verbatim, not normalized
     assert result["intent"] == "general" and result["mcpServers"] == []
     assert result["costUsd"] is not None and result["usage"]["inputTokens"] is not None
     assert job.cli_output["type"] == "result"
 
     argv = json.loads(argv_file.read_text())
-    assert argv[-2:] == ["--", "Hello there"]  # verbatim, not normalized
+    assert "Hello there" not in " ".join(argv)  # the prompt went to stdin
     assert argv[argv.index("--model") + 1] == "sonnet"
 
     redis = redis_client()

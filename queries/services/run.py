@@ -31,7 +31,7 @@ from queries.models import PRIORITY_QUEUES, Job, QueryRequest
 from queries.services import sessions
 from queries.services.cache import cache_get, cache_put
 from queries.services.dedup import dedup_release
-from queries.services.events import events_final_append
+from queries.services.events import events_append, events_final_append
 from routing.services import McpUnavailable, route_for_job
 
 logger = logging.getLogger(__name__)
@@ -106,20 +106,31 @@ def _job_execute(*, job: Job) -> Job:
         route = route_for_job(intent=job.intent, server_names=job.mcp_servers)
     except McpUnavailable as exc:
         return job_fail(job=job, error_type=Job.ErrorType.MCP_UNAVAILABLE, message=str(exc))
-    invocation = pool.invocation_for(prompt=job.query, model=job.model, route=route)
+    invocation = pool.invocation_for(
+        prompt=job.query,
+        model=job.model,
+        route=route,
+        content=job.prompt_content or None,
+        system_prompt=job.system_prompt or None,
+    )
     logs.secrets_register_mcp(invocation.mcp_config)
 
     def on_start(pid: int) -> None:
         Job.objects.filter(id=job.id).update(progress=10, cli_pid=pid)
+        events_append(job.id, {"type": "progress", "state": Job.State.RUNNING, "progress": 10})
         metrics.cli_started(job_id=job.id, expected_end=time.time() + settings.RQ_JOB_TIMEOUT)
+
+    def on_event(event: dict[str, Any]) -> None:
+        # Text deltas and tool activity as the CLI prints them; the final event follows the row.
+        events_append(job.id, event)
 
     config = pool.runner_config()
     plan = sessions.session_plan(job=job, invocation=invocation, config=config)
-    outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start)
+    outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start, on_event=on_event)
     if plan.resumes and sessions.resume_refused(outcome):
         reason = f"the CLI did not resume session {plan.invocation.resume}: {outcome.error_message}"
         plan = sessions.session_fallback(job=job, invocation=invocation, reason=reason)
-        outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start)
+        outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start, on_event=on_event)
     _record_cli_output(job=job, outcome=outcome)
     metrics.cli_run_observed(job=job, outcome=outcome)
     if not outcome.ok:
@@ -143,7 +154,12 @@ def _job_execute(*, job: Job) -> Job:
 
 
 def _run_planned(
-    *, job: Job, plan: sessions.SessionPlan, config: RunnerConfig, on_start: Callable[[int], None]
+    *,
+    job: Job,
+    plan: sessions.SessionPlan,
+    config: RunnerConfig,
+    on_start: Callable[[int], None],
+    on_event: Callable[[dict[str, Any]], None],
 ) -> ClaudeOutcome:
     """Run the CLI as planned: a resumed turn cold, with its parent's session file in place."""
     try:
@@ -155,15 +171,17 @@ def _run_planned(
                 should_cancel=lambda: job_cancel_requested(job_id=job.id),
                 # A CLI started ahead of time cannot have been started with --resume.
                 warm=None if plan.resumes else pool.pool_claim(invocation=plan.invocation, config=config),
+                on_event=on_event,
             )
     except OSError as exc:
         reason = f"the session file could not be restored: {exc}"
-        fallback = sessions.session_fallback(job=job, invocation=plan.invocation, reason=reason)
+        fallback = sessions.session_fallback(job=job, invocation=plan.fresh or plan.invocation, reason=reason)
         return runner.run_claude(
             fallback.invocation,
             config,
             on_start=on_start,
             should_cancel=lambda: job_cancel_requested(job_id=job.id),
+            on_event=on_event,
         )
 
 
@@ -176,6 +194,7 @@ _USAGE_FIELDS = [
     "duration_ms",
     "num_turns",
     "session_id",
+    "stop_reason",
 ]
 
 
@@ -196,6 +215,8 @@ def _record_cli_output(*, job: Job, outcome: ClaudeOutcome) -> None:
     job.duration_ms = _count(data.get("duration_ms"))
     job.num_turns = _count(data.get("num_turns"))
     job.session_id = str(data.get("session_id") or "")[:100]
+    stop_reason = data.get("stop_reason")
+    job.stop_reason = stop_reason[:32] if isinstance(stop_reason, str) else ""
     if not job.model and isinstance(data.get("modelUsage"), dict) and data["modelUsage"]:
         job.model = str(next(iter(data["modelUsage"])))[:100]
         job.save(update_fields=["model"])
@@ -227,6 +248,7 @@ def _job_complete_from_cache(*, job: Job, entry: dict[str, Any]) -> Job:
     job.output_tokens = usage.get("outputTokens")
     job.cache_read_input_tokens = usage.get("cacheReadInputTokens")
     job.cache_creation_input_tokens = usage.get("cacheCreationInputTokens")
+    job.stop_reason = str(result.get("stopReason") or "")[:32]
     job.model = job.model or (result.get("model") or "")
     job.cost_usd = Decimal(0)  # nothing was spent on this execution
     job.save(update_fields=["response", "served_from_cache", "model", *_USAGE_FIELDS])

@@ -133,6 +133,8 @@ class SessionPlan:
 
     invocation: ClaudeInvocation
     parent: Session | None = None
+    # The job's own invocation, before it was made a resumption: what a fallback starts from.
+    fresh: ClaudeInvocation | None = None
 
     @property
     def resumes(self) -> bool:
@@ -166,10 +168,12 @@ def session_plan(*, job: Job, invocation: ClaudeInvocation, config: RunnerConfig
         # a context variant such as "[1m]" on resume, and with it the prompt cache of the history).
         model=invocation.model or (parent.job.model if parent.job is not None and parent.job.model else None),
         prompt=_turn_prompt(job),
+        # /v1: the new user message's blocks alone (the job's content leads with the transcript).
+        content=list(job.turn_content) if job.turn_content else None,
         resume=parent.cli_session_id,
         session_id=str(uuid.uuid4()),
     )
-    return SessionPlan(invocation=resumed, parent=parent)
+    return SessionPlan(invocation=resumed, parent=parent, fresh=invocation)
 
 
 @contextmanager
@@ -194,7 +198,8 @@ def resume_refused(outcome: ClaudeOutcome) -> bool:
 
 
 def session_fallback(*, job: Job, invocation: ClaudeInvocation, reason: str) -> SessionPlan:
-    """A fresh run with the conversation as a flat transcript, recorded on the job."""
+    """A fresh run with the conversation as a flat transcript, recorded on the job. ``invocation`` is
+    the job's own (SessionPlan.fresh): a /v1 job's content already holds the transcript."""
     logger.warning("job %s: cannot resume its session (%s); running it fresh", job.id, reason)
     job.session_mode = SessionMode.FALLBACK
     job.session_note = reason[:500]

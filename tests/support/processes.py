@@ -95,7 +95,8 @@ class Processes:
 
 
 def start_web_server(processes: Processes, mock: MockAnthropic, tmp_path: Path, **extra: str) -> str:
-    """Start gunicorn (2 workers) with ``extra`` environment; returns its URL once it serves."""
+    """Start gunicorn (2 uvicorn workers, gateway_project.asgi) with ``extra`` environment; returns
+    its URL once it serves."""
     port = free_port()
     env = process_environment(
         mock,
@@ -110,7 +111,7 @@ def start_web_server(processes: Processes, mock: MockAnthropic, tmp_path: Path, 
     )
     command = [
         str(Path(sys.executable).with_name("gunicorn")),
-        "gateway_project.wsgi",
+        "gateway_project.asgi:application",
         "--config",
         "gateway_project/gunicorn.conf.py",
     ]

@@ -1,0 +1,256 @@
+"""The ASGI entry point: async views on the event loop, everything else on the WSGI handler in threads.
+
+The web runs under gunicorn with uvicorn workers (core.gunicorn_worker). A request for an async
+view (a job's event stream, ``?wait=``: clients that wait) goes to Django's ASGIHandler and holds no
+thread while it waits, so one process holds hundreds of open streams. Every other request goes to
+``core.handlers.GatewayWSGIHandler`` on a pool of ``WEB_THREADS`` threads: the same handler, the
+same fast paths (a cache hit answered before Django) and the same middleware as under a threaded
+WSGI server, with sync views running in parallel threads instead of Django's one thread per
+process for sync code under ASGI.
+
+gunicorn's own ceilings on the request line, one header field and the number of fields, which
+uvicorn does not have, are enforced here, before either handler runs, in the API's JSON shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.urls import Resolver404, get_resolver
+
+from core.handlers import GatewayWSGIHandler, MiddlewareList, api_middleware
+
+Scope = dict[str, Any]
+Receive = Callable[[], Coroutine[Any, Any, dict[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+# gunicorn's limit_request_line, limit_request_field_size and limit_request_fields, kept as they were.
+LIMIT_REQUEST_LINE = 8190
+LIMIT_FIELD_SIZE = 8190
+LIMIT_FIELDS = 100
+# Bodies up to this size are read on the event loop before the WSGI handler runs; a larger one is
+# read from the thread as the handler asks for it, so a refused body is never read whole.
+_PREREAD_BYTES = 64 * 1024
+
+
+class _AsyncViewHandler(MiddlewareList, ASGIHandler):
+    """Django's ASGIHandler with only the given middleware (the API's, for API paths)."""
+
+
+class GatewayASGIHandler:
+    def __init__(self) -> None:
+        self.wsgi = GatewayWSGIHandler()
+        self.threaded = ThreadedWSGI(self.wsgi, threads=settings.WEB_THREADS)
+        self.api_async = _AsyncViewHandler(api_middleware())
+        self.site_async = _AsyncViewHandler(list(settings.MIDDLEWARE))
+        self.api_prefixes = tuple(settings.API_PATH_PREFIXES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            raise ValueError(f"unsupported ASGI scope type {scope['type']!r}")
+        refusal = protocol_refusal(scope)
+        if refusal is not None:
+            await send_json_error(send, *refusal)
+            return
+        path = scope["path"]
+        if (scope["method"], path) not in self.wsgi.fast_paths and is_async_view(path):
+            handler = self.api_async if path.startswith(self.api_prefixes) else self.site_async
+            await handler(scope, receive, send)
+            return
+        await self.threaded(scope, receive, send)
+
+
+class ThreadedWSGI:
+    """A WSGI application served to ASGI from a pool of threads, as a threaded WSGI server does."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], *, threads: int) -> None:
+        self.app = app
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="web")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        body: io.RawIOBase | io.BytesIO
+        length = _content_length(scope)
+        if length is not None and length <= _PREREAD_BYTES:
+            body = io.BytesIO(await _read_body(receive, length))
+        else:
+            body = _ThreadBody(receive, loop)
+        environ = wsgi_environ(scope, body)
+        await loop.run_in_executor(self.executor, self._wsgi_call, environ, send, loop)
+
+    def _wsgi_call(self, environ: dict[str, Any], send: Send, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the WSGI handler in this thread; hand what it answers to the event loop."""
+        started: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            started["status"] = int(status.split(" ", 1)[0])
+            started["headers"] = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in headers]
+
+        def deliver(*messages: dict[str, Any]) -> None:
+            asyncio.run_coroutine_threadsafe(_send_all(send, messages), loop).result()
+
+        result: Iterable[bytes] = self.app(environ, start_response)
+        try:
+            if not getattr(result, "streaming", False):
+                # One hop to the loop for the whole reply: what nearly every request is.
+                content = b"".join(result)
+                deliver(_start(started), {"type": "http.response.body", "body": content})
+                return
+            head_sent = False
+            for chunk in result:
+                if not head_sent:
+                    deliver(_start(started))
+                    head_sent = True
+                if chunk:
+                    deliver({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not head_sent:
+                deliver(_start(started))
+            deliver({"type": "http.response.body", "body": b""})
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
+def _start(started: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": started["status"], "headers": started["headers"]}
+
+
+async def _send_all(send: Send, messages: Iterable[dict[str, Any]]) -> None:
+    for message in messages:
+        await send(message)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_async_view(path: str) -> bool:
+    """Whether the URL's view is a coroutine function (a stream, ``?wait=``)."""
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return False
+    return iscoroutinefunction(match.func)
+
+
+def protocol_refusal(scope: Scope) -> tuple[int, str] | None:
+    """gunicorn's ceilings: 414 for a request line over 8190 bytes, 431 for a header field over
+    8190 bytes or more than 100 fields."""
+    line = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope["query_string"]) + 11
+    if line > LIMIT_REQUEST_LINE:
+        return 414, "The request line (method and URL) is too long."
+    headers = scope["headers"]
+    if len(headers) > LIMIT_FIELDS or any(len(k) + len(v) + 2 > LIMIT_FIELD_SIZE for k, v in headers):
+        return 431, "The request headers are too large or too many."
+    return None
+
+
+async def send_json_error(send: Send, status: int, message: str) -> None:
+    error_type = "request_too_large" if status in (413, 414, 431) else "invalid_request_error"
+    body = json.dumps({"error": {"type": error_type, "message": message, "details": {}}}).encode()
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return 0 if not any(name == b"transfer-encoding" for name, _ in scope["headers"]) else None
+
+
+async def _read_body(receive: Receive, length: int) -> bytes:
+    chunks: list[bytes] = []
+    more = length > 0
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+class _ThreadBody(io.RawIOBase):
+    """A large body, read from the WSGI thread as the handler asks for it."""
+
+    def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop) -> None:
+        self._receive = receive
+        self._loop = loop
+        self._buffer = bytearray()
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        message: dict[str, Any] = asyncio.run_coroutine_threadsafe(self._receive(), self._loop).result()
+        if message["type"] == "http.disconnect":
+            self._done = True
+            return
+        self._buffer += message.get("body", b"")
+        self._done = not message.get("more_body", False)
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer and not self._done:
+            self._fill()
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        del self._buffer[:size]
+        return size
+
+
+def wsgi_environ(scope: Scope, body: Any) -> dict[str, Any]:
+    """The WSGI environ of an ASGI HTTP scope (PEP 3333: the path as latin-1 text of its bytes)."""
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client") or ("", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": scope.get("root_path", "").encode("utf8").decode("latin1"),
+        "PATH_INFO": scope["path"].encode("utf8").decode("latin1"),
+        "QUERY_STRING": scope["query_string"].decode("latin1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": str(client[0]),
+        "REMOTE_PORT": str(client[1]),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": body,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin1").upper().replace("-", "_")
+        value = raw_value.decode("latin1")
+        key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # gunicorn's hooks (gateway_project/gunicorn.conf.py) do the start-up work; nothing to add here.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
