@@ -3,6 +3,8 @@ resumes the CLI session; an edited one runs fresh. The real CLI answers through 
 
 from __future__ import annotations
 
+import base64
+
 import anthropic
 import openai
 import pytest
@@ -109,3 +111,23 @@ def test_an_edited_first_turn_runs_fresh_and_the_edit_reaches_upstream(sdk_base,
     assert "Name a warm colour." in only_user and only_user.endswith("Really? [[mock:text=Red, then.]]")
     # Its answer is a conversation of its own, which a next turn can continue.
     assert Session.objects.get(job=job).turns == 2
+
+
+def test_a_resumed_turn_streams_and_its_image_reaches_upstream_as_an_image(sdk_base, mock):
+    base, key = sdk_base
+    client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0, timeout=120)
+    first = [{"role": "user", "content": "Look at what I send next. [[mock:text=Ready.]]"}]
+    assert client.messages.create(model=MODEL, max_tokens=100, messages=first).content[0].text == "Ready."
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}
+    question = {"type": "text", "text": "What is it? [[mock:text=A picture.]]"}
+    answer = {"role": "assistant", "content": "Ready."}
+    second = [*first, answer, {"role": "user", "content": [image, question]}]
+    with client.messages.stream(model=MODEL, max_tokens=100, messages=second) as stream:
+        text = "".join(stream.text_stream)
+    assert text == "A picture."
+    assert last_job().session_mode == "resumed"
+    *earlier, new = [t for t in mock.turns()[-1] if t["role"] in ("user", "assistant")]
+    assert [t["role"] for t in earlier] == ["user", "assistant"]
+    assert "image" in new["types"] and new["text"] == "What is it? [[mock:text=A picture.]]"
