@@ -17,9 +17,10 @@ QUEUE_CONCURRENCY workers, as scripts/serve runs them. Then it measures:
    included, the CLI and its MCP servers excluded) and the CLI's;
 4. memory (RSS and PSS) per process at rest;
 5. cache hits with wrk at 16 connections, beside a bare Django view (bench/bare_app.py) served by the
-   same gunicorn settings, checking every request was recorded (one QueryRequest row each);
-6. the first streamed token through the native stream beside the bare CLI's first text delta
-   (bench/stream.py; other APIs add rows to its FIRST_TOKEN_APIS);
+   same gunicorn settings, checking every request was recorded (one QueryRequest row each),
+   and cache hits on /v1/messages beside /api/query's (bench/v1.py);
+6. the first streamed token through the native stream, /v1/messages and /v1/chat/completions beside
+   the bare CLI's first text delta (bench/stream.py; bench/v1.py adds the /v1/ rows);
 7. a conversation of 10 turns resumed (``sessionId``) against the same turns replayed flat: upstream
    request bytes and input tokens per turn (the mock reports prompt-cache usage), and the latency of
    a resumed turn against a fresh one (bench/conversation.py);
@@ -59,6 +60,7 @@ import memory
 import pool
 import stream
 import submit
+import v1  # adds the /v1/ APIs' rows to stream.FIRST_TOKEN_APIS
 from procs import loadavg, say
 from report import machine, report
 from stack import CLAUDE, REPO, Setup, prepare, start_gateway
@@ -78,6 +80,7 @@ WITH_GATEWAY = (
     (None, memory.measure),
     (None, pool.measure),
     ("cache", cache.measure),
+    ("cache", v1.cache_hits),
     ("stream", stream.first_token),
     ("conversation", conversation.measure),
     ("submit", submit.measure),  # stops the workers: only what needs none follows

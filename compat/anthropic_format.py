@@ -77,22 +77,22 @@ def ping() -> bytes:
     return sse("ping", {"type": "ping"})
 
 
-def block_start() -> bytes:
+def block_start(index: int = 0) -> bytes:
     return sse(
         "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
     )
 
 
-def text_delta(text: str) -> bytes:
+def text_delta(text: str, index: int = 0) -> bytes:
     return sse(
         "content_block_delta",
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}},
     )
 
 
-def block_stop() -> bytes:
-    return sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+def block_stop(index: int = 0) -> bytes:
+    return sse("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
 def message_end(result: dict[str, Any]) -> bytes:

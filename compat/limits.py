@@ -87,7 +87,7 @@ Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 class V1BodyLimit:
     """ASGI wrapper: a /v1/ body over the limit is refused before the application reads it all."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
+    def __init__(self, app: Callable[..., Awaitable[None]]):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,8 +1,8 @@
 """A /v1/ call on the queries pipeline: submitted once, then followed through the job's event stream.
 
 The Anthropic and OpenAI views share this: what they differ in is the wire format only. Every update
-a caller sees is one of ``Ping``, ``Text`` (a delta of the answer), ``Done`` (the Result) and
-``Failed`` (an ApiError); ``Done`` or ``Failed`` comes last.
+a caller sees is one of ``Ping``, ``Text`` (a delta of the answer), ``ToolUse`` (an MCP tool call
+between turns), ``Done`` (the Result) and ``Failed`` (an ApiError); ``Done`` or ``Failed`` comes last.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ class Text:
 
 
 @dataclass(frozen=True)
+class ToolUse:
+    """The CLI called an MCP tool: the text before it was a turn of its own, not the final answer."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Done:
     result: dict[str, Any]
 
@@ -48,7 +55,7 @@ class Failed:
     error: ApiError
 
 
-Update = Ping | Text | Done | Failed
+Update = Ping | Text | ToolUse | Done | Failed
 
 
 def gateway_options(request: HttpRequest) -> tuple[bool, str]:
@@ -127,6 +134,9 @@ async def call_updates(submission: services.Submission) -> AsyncIterator[Update]
         if kind == "text" and event.get("text"):
             streamed += event["text"]
             yield Text(event["text"])
+        elif kind == "tool" and event.get("phase") == "start":
+            streamed = ""
+            yield ToolUse(str(event.get("name") or ""))
         elif kind == "result":
             result = event.get("result") or {}
             response = str(result.get("response") or "")

@@ -22,7 +22,17 @@ from compat.errors import ApiError
 from compat.limits import body_json, error_body_for
 from compat.models_list import model_check, model_get, models_page
 from compat.openai_request import ChatCall, chat_call_parse
-from compat.pipeline import Done, Failed, Ping, Text, call_outcome, call_submit, call_updates, outcome_header
+from compat.pipeline import (
+    Done,
+    Failed,
+    Ping,
+    Text,
+    ToolUse,
+    call_outcome,
+    call_submit,
+    call_updates,
+    outcome_header,
+)
 from core import logs
 from queries import services
 from queries.prompts import API_ANTHROPIC, API_OPENAI
@@ -128,19 +138,24 @@ async def _messages_events(submission: services.Submission, call: MessagesCall) 
     """The Messages API's event order: message_start, the text block, message_delta, message_stop."""
     yield anthropic_format.message_start(request_id=str(submission.request_id), model=call.model)
     yield anthropic_format.ping()
-    opened = False
+    # One text block per turn: a tool call between turns closes the block, the next text opens one.
+    index, opened = 0, False
     async for update in call_updates(submission):
         if isinstance(update, Ping):
             yield anthropic_format.ping()
         elif isinstance(update, Text):
             if not opened:
                 opened = True
-                yield anthropic_format.block_start()
-            yield anthropic_format.text_delta(update.text)
+                yield anthropic_format.block_start(index)
+            yield anthropic_format.text_delta(update.text, index)
+        elif isinstance(update, ToolUse):
+            if opened:
+                yield anthropic_format.block_stop(index)
+                index, opened = index + 1, False
         elif isinstance(update, Done):
             if not opened:
-                yield anthropic_format.block_start()
-            yield anthropic_format.block_stop()
+                yield anthropic_format.block_start(index)
+            yield anthropic_format.block_stop(index)
             yield anthropic_format.message_end(update.result)
         elif isinstance(update, Failed):
             yield anthropic_format.error_event(update.error)
@@ -168,11 +183,17 @@ async def _chat_chunks(submission: services.Submission, call: ChatCall) -> Async
         str(submission.request_id), call.model, int(time.time()), call.include_usage
     )
     yield chunks.delta({"role": "assistant", "content": ""})
+    # Text after a tool call is the next turn's: a blank line keeps it apart from the one before.
+    sent, after_tool = False, False
     async for update in call_updates(submission):
         if isinstance(update, Ping):
             yield openai_format.KEEPALIVE
         elif isinstance(update, Text):
-            yield chunks.delta({"content": update.text})
+            text = ("\n\n" if after_tool and sent else "") + update.text
+            sent, after_tool = True, False
+            yield chunks.delta({"content": text})
+        elif isinstance(update, ToolUse):
+            after_tool = True
         elif isinstance(update, Done):
             yield chunks.delta({}, finish=openai_format.finish_reason(update.result))
             if call.include_usage:

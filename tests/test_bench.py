@@ -62,6 +62,9 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
         "Input tokens per turn (uncached+reads), resumed",
         "Latency of a later turn p50: resumed",
         "First streamed token p50, native",
+        "First streamed token p50, /v1/messages",
+        "First streamed token p50, /v1/chat/completions",
+        "Cache hits, /v1/messages",
         "Idle streams held open on queued jobs",
         "Cache hits on /api/query with the streams open",
         "Load average at start",
@@ -84,6 +87,7 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
     last = conversation["resumed"][-1]
     assert last["cache_read"] > conversation["flat"][-1]["cache_read"]
     assert raw["first_token"]["native"]["n"] == raw["first_token"]["bare"]["n"] > 0
+    assert raw["v1_cache"]["v1_messages"]["requests"] > 0 and raw["v1_cache"]["v1_messages"]["non_2xx"] == 0
     streams = raw["idle_streams"]
     assert streams["opened"] == streams["open_at_end"] == streams["n"] > 0
     assert streams["cache_hits_per_second"] > 0 and streams["cache_hits_non_2xx"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -465,3 +466,52 @@ def test_a_declared_body_over_the_v1_limit_is_refused_in_the_apis_shape(settings
     status, body = declared_refusal("/v1/chat/completions", "4096")
     assert status == 413 and body["error"]["code"] == "request_too_large"
     assert declared_refusal("/api/query", "4096") is None
+
+
+def collect(chunks) -> bytes:
+    async def run() -> bytes:
+        return b"".join([chunk async for chunk in chunks])
+
+    return asyncio.run(run())
+
+
+def test_text_around_a_tool_call_streams_as_one_block_per_turn(monkeypatch):
+    import uuid
+
+    from compat import views
+    from compat.pipeline import Done, Ping, Text, ToolUse
+    from queries.services import Submission
+
+    async def updates(submission):
+        for update in (
+            Ping(),
+            Text("Let me look."),
+            ToolUse("mcp__fs__read"),
+            Text("It says hi."),
+            Done(RESULT),
+        ):
+            yield update
+
+    monkeypatch.setattr(views, "call_updates", updates)
+    submission = Submission(
+        request_id=uuid.uuid4(), outcome="queued", job_id=uuid.uuid4(), job_state="queued"
+    )
+    events = sse_events(collect(views._messages_events(submission, messages_call_parse(anthropic()))))
+    blocks = [(name, data.get("index")) for name, data in events if name.startswith("content_block")]
+    assert blocks == [
+        ("content_block_start", 0),
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+        ("content_block_stop", 1),
+    ]
+    chat = chat_call_parse({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]})
+    raw = collect(views._chat_chunks(submission, chat)).decode()
+    contents = [
+        json.loads(line[6:])["choices"][0]["delta"].get("content")
+        for line in raw.split("\n\n")
+        if line.startswith("data: {")
+    ]
+    assert "".join(c or "" for c in contents) == "Let me look.\n\nIt says hi."
+    assert raw.count(": ping") == 1 and raw.endswith("data: [DONE]\n\n")
