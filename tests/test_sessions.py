@@ -13,6 +13,7 @@ from django.utils import timezone
 from core.errors import InvalidRequest, NotFound
 from queries import services
 from queries.models import Job, QueryRequest, Session
+from queries.pool import descriptor_from_meta, job_meta
 from queries.services.sessions import session_for_caller
 from tests.support.factories import JobFactory, RequestFactory, SessionFactory
 
@@ -110,3 +111,8 @@ def test_the_admin_lists_sessions_with_their_turns_requests_and_jobs(admin_clien
 
     job_page = admin_client.get(reverse("admin:queries_job_change", args=[follow_up.id])).content.decode()
     assert own_session.cli_session_id in job_page and child.cli_session_id in job_page
+
+
+def test_a_resumed_job_takes_no_warm_cli():
+    assert descriptor_from_meta(job_meta(model=None, servers=[])) == (None, ())
+    assert descriptor_from_meta(job_meta(model=None, servers=[], resume=True)) is None
