@@ -28,7 +28,7 @@ import requests
 from cache import WRK_SAME
 from figures import percentile
 from procs import descendants, memory_kib, say
-from stack import CLAUDE, Gateway, Setup, cli_env, post, wait_result
+from stack import CLAUDE, Gateway, Setup, cli_env, post, wait_pool_ready, wait_result
 from wrk import wrk
 
 BARE_ARGV = [
@@ -49,12 +49,24 @@ def first_token(setup: Setup, gateway: Gateway, run_id: str) -> dict[str, Any]:
     n = setup.args.stream_n
     say(f"first streamed token: {n} bare CLI runs, {n} native streams")
     bare = [bare_first_token(setup, f"ft bare {run_id} {i}: what is {i}+{i}?") for i in range(n)]
-    native = [native_first_token(gateway, f"ft native {run_id} {i}: what is {i}+{i}?") for i in range(n)]
+    native = [
+        at_rest(setup, gateway, native_first_token, f"ft native {run_id} {i}: what is {i}+{i}?")
+        for i in range(n)
+    ]
     rows: dict[str, Any] = {"bare": summary(bare), "native": summary(native)}
     for name, path, body in FIRST_TOKEN_APIS:
-        rows[name] = summary([sse_first_token(gateway, path, body(run_id, i)) for i in range(n)])
+        rows[name] = summary(
+            [at_rest(setup, gateway, sse_first_token, path, body(run_id, i)) for i in range(n)]
+        )
     prepare_cached(gateway, run_id)
     return {"first_token": rows}
+
+
+def at_rest(setup: Setup, gateway: Gateway, measure: Callable[..., float], *args: Any) -> float:
+    """One request once the warm pool is ready again, as the bare CLI starts on an idle machine."""
+    if gateway.workers is not None:
+        wait_pool_ready(setup, gateway.workers)
+    return measure(gateway, *args)
 
 
 def summary(seconds: list[float]) -> dict[str, Any]:

@@ -185,6 +185,32 @@ def reserved_args_used(extra_args: tuple[str, ...] | list[str]) -> list[str]:
     return [arg for arg in extra_args if arg.split("=", 1)[0] in RESERVED_ARGS]
 
 
+def prompt_in_argv(invocation: ClaudeInvocation) -> bool:
+    """Whether a cold run takes its prompt after ``--`` instead of on stdin: a text prompt routed to
+    MCP servers. The CLI connects its MCP servers before it sends a prompt from its command line,
+    but a stream-json message read at start-up can go upstream before they are connected, without
+    their tools (seen with the filesystem server). Content blocks need stdin all the same."""
+    return not invocation.content and bool((invocation.mcp_config or {}).get("mcpServers"))
+
+
+def build_cold_argv(
+    invocation: ClaudeInvocation,
+    config: RunnerConfig,
+    *,
+    mcp_config_path: str | None = None,
+    system_prompt_path: str | None = None,
+) -> list[str]:
+    """:func:`build_argv`, or for :func:`prompt_in_argv` the same without ``--input-format`` and
+    with ``-- <prompt>`` last (``--allowedTools`` takes several values and would swallow it)."""
+    argv = build_argv(
+        invocation, config, mcp_config_path=mcp_config_path, system_prompt_path=system_prompt_path
+    )
+    if not prompt_in_argv(invocation):
+        return argv
+    at = argv.index("--input-format")
+    return [*argv[:at], *argv[at + 2 :], "--", invocation.prompt]
+
+
 def warm_capable(config: RunnerConfig) -> bool:
     """Whether CLIs can be started ahead of time with this configuration: CLAUDE_EXTRA_ARGS that set
     the input or output format would contradict the stream-json that the pool expects."""

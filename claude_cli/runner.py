@@ -21,8 +21,9 @@ from claude_cli.invocation import (
     ClaudeOutcome,
     CliErrorType,
     RunnerConfig,
-    build_argv,
+    build_cold_argv,
     invocation_files,
+    prompt_in_argv,
 )
 from claude_cli.process import (
     WAIT_STEP,
@@ -81,7 +82,7 @@ def run_claude(
         if outcome is not None:
             return outcome
     with invocation_files(invocation) as (mcp_config_path, system_prompt_path):
-        argv = build_argv(
+        argv = build_cold_argv(
             invocation, config, mcp_config_path=mcp_config_path, system_prompt_path=system_prompt_path
         )
         return _run(invocation, config, argv, parser, on_start=on_start, should_cancel=should_cancel)
@@ -100,13 +101,20 @@ def _run(
     env = child_env(config)
     if invocation.workdir:
         config = replace(config, workdir=Path(invocation.workdir))
+    on_stdin = not prompt_in_argv(invocation)
     try:
         # A pipe, not a file: with --input-format stream-json the CLI reads its stdin only from a pipe.
-        proc = start(argv, config, env, stdin=subprocess.PIPE)
+        proc = start(argv, config, env, stdin=subprocess.PIPE if on_stdin else subprocess.DEVNULL)
     except StartError as exc:
         return _failure("cli_not_found", str(exc), started=started)
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    streams = Streams(proc.stdout, proc.stderr, parser, stdin=proc.stdin, data=invocation.user_message_line())
+    assert proc.stdout is not None and proc.stderr is not None
+    if on_stdin:
+        assert proc.stdin is not None
+        streams = Streams(
+            proc.stdout, proc.stderr, parser, stdin=proc.stdin, data=invocation.user_message_line()
+        )
+    else:
+        streams = Streams(proc.stdout, proc.stderr, parser)
     return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
 
 

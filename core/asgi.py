@@ -5,8 +5,8 @@ view (a job's event stream, ``?wait=``: clients that wait) goes to Django's ASGI
 thread while it waits, so one process holds hundreds of open streams. Every other request goes to
 ``core.handlers.GatewayWSGIHandler`` on a pool of ``WEB_THREADS`` threads: the same handler, the
 same fast paths (a cache hit answered before Django) and the same middleware as under a threaded
-WSGI server, with sync views running in parallel threads instead of Django's one thread per
-process for sync code under ASGI.
+WSGI server, with sync views running in parallel threads. The async views' own sync work (keys,
+the ORM) runs on the same threads (:func:`in_web_thread`).
 
 gunicorn's own ceilings on the request line, one header field and the number of fields, which
 uvicorn does not have, are enforced here, before either handler runs, in the API's JSON shape.
@@ -15,6 +15,7 @@ uvicorn does not have, are enforced here, before either handler runs, in the API
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import io
 import json
@@ -26,9 +27,10 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
 from django.urls import Resolver404, get_resolver
 
-from core.handlers import GatewayWSGIHandler, MiddlewareList, api_middleware
+from core.handlers import FAST_PATH_TRIED, GatewayWSGIHandler, MiddlewareList, api_middleware
 
 Scope = dict[str, Any]
 Receive = Callable[[], Coroutine[Any, Any, dict[str, Any]]]
@@ -47,10 +49,41 @@ class _AsyncViewHandler(MiddlewareList, ASGIHandler):
     """Django's ASGIHandler with only the given middleware (the API's, for API paths)."""
 
 
+_web_threads: ThreadPoolExecutor | None = None
+
+
+def web_threads() -> ThreadPoolExecutor:
+    """The process's WEB_THREADS threads: the WSGI handler's, and sync work of async views.
+
+    A bounded pool with long-lived threads, so database connections (CONN_MAX_AGE) are reused. Django
+    runs an async view's sync code in a thread of the request's own, alive until the response ends:
+    for a stream, a database connection held as long as the stream is open.
+    """
+    global _web_threads
+    if _web_threads is None:
+        _web_threads = ThreadPoolExecutor(max_workers=settings.WEB_THREADS, thread_name_prefix="web")
+    return _web_threads
+
+
+async def in_web_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` on a web thread, with the caller's context (log ids), between
+    the database-connection checks Django makes at a request's start and end."""
+
+    def run() -> Any:
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(web_threads(), context.run, run)
+
+
 class GatewayASGIHandler:
     def __init__(self) -> None:
         self.wsgi = GatewayWSGIHandler()
-        self.threaded = ThreadedWSGI(self.wsgi, threads=settings.WEB_THREADS)
+        self.threaded = ThreadedWSGI(self.wsgi, executor=web_threads())
         self.api_async = _AsyncViewHandler(api_middleware())
         self.site_async = _AsyncViewHandler(list(settings.MIDDLEWARE))
         self.api_prefixes = tuple(settings.API_PATH_PREFIXES)
@@ -66,19 +99,50 @@ class GatewayASGIHandler:
             await send_json_error(send, *refusal)
             return
         path = scope["path"]
-        if (scope["method"], path) not in self.wsgi.fast_paths and is_async_view(path):
+        fast = self.wsgi.fast_paths.get((scope["method"], path))
+        if fast is not None:
+            await self._fast(fast, scope, receive, send)
+            return
+        if is_async_view(path):
             handler = self.api_async if path.startswith(self.api_prefixes) else self.site_async
             await handler(scope, receive, send)
             return
         await self.threaded(scope, receive, send)
 
+    async def _fast(self, fast: Callable[..., Any], scope: Scope, receive: Receive, send: Send) -> None:
+        """A fast path (a cache hit) run on a web thread, its reply sent from the loop: one hop
+        each way. On the loop itself its Redis round trip would stall every stream of the process.
+        What it declines goes on to the WSGI handler with its body intact, the fast path not
+        tried again."""
+        length = _content_length(scope)
+        if length is None or length > _PREREAD_BYTES:
+            await self.threaded(scope, receive, send)
+            return
+        environ = wsgi_environ(scope, io.BytesIO(await _read_body(receive, length)))
+        loop = asyncio.get_running_loop()
+        answered = await loop.run_in_executor(self.threaded.executor, fast, environ)
+        if answered is None:
+            environ[FAST_PATH_TRIED] = True
+            await self.threaded.call(environ, send)
+            return
+        response = answered[1]
+        headers = [(k.encode("latin1"), v.encode("latin1")) for k, v in response.items()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": response.content})
+
 
 class ThreadedWSGI:
     """A WSGI application served to ASGI from a pool of threads, as a threaded WSGI server does."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], *, threads: int) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        *,
+        threads: int = 4,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.app = app
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="web")
+        self.executor = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="web")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -91,7 +155,11 @@ class ThreadedWSGI:
             body = io.BytesIO(await _read_body(receive, length))
         else:
             body = _ThreadBody(receive, loop)
-        environ = wsgi_environ(scope, body)
+        await self.call(wsgi_environ(scope, body), send)
+
+    async def call(self, environ: dict[str, Any], send: Send) -> None:
+        """Run the WSGI application for ``environ`` on a thread, its reply sent from the loop."""
+        loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self._wsgi_call, environ, send, loop)
 
     def _wsgi_call(self, environ: dict[str, Any], send: Send, loop: asyncio.AbstractEventLoop) -> None:

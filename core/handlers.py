@@ -18,6 +18,8 @@ from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.utils.module_loading import import_string
 
+FAST_PATH_TRIED = "gateway.fast_path_tried"
+
 
 class MiddlewareList:
     """A Django handler (WSGI or ASGI) built from the given middleware list instead of
@@ -60,7 +62,8 @@ class GatewayWSGIHandler:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         fast = self.fast_paths.get((environ.get("REQUEST_METHOD", ""), path))
-        if fast is not None:
+        # FAST_PATH_TRIED: the ASGI entry point asked the fast path already (core.asgi).
+        if fast is not None and not environ.get(FAST_PATH_TRIED):
             answered = fast(environ)
             if answered is not None:
                 response = answered[1]

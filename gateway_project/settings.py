@@ -180,6 +180,8 @@ JOURNAL_RECORDER = True
 EVENTS_TTL = env_int("EVENTS_TTL", 3600, minimum=1)
 EVENTS_MAXLEN = env_int("EVENTS_MAXLEN", 10_000, minimum=100)
 EVENTS_PING_SECONDS = env_float("EVENTS_PING_SECONDS", 15.0, minimum=0.1)
+# Each open stream waiting for its job's next event holds one Redis connection (blocking XREAD).
+EVENTS_MAX_READERS = env_int("EVENTS_MAX_READERS", 4000, minimum=10)
 DEDUP_ENABLED = env_bool("DEDUP_ENABLED", True)
 DEDUP_TTL = env_int("DEDUP_TTL", 300, minimum=1)
 QUEUE_CONCURRENCY = env_int("QUEUE_CONCURRENCY", 5, minimum=1, maximum=256)

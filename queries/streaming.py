@@ -14,7 +14,6 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -24,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.asgi import in_web_thread
 from queries import schema, services
 from queries.api import QueryDetailApi, job_visible
 from queries.services.events import is_final
@@ -48,7 +48,8 @@ class QueryStreamApi(APIView):
 
 
 def _checked(view: Callable[..., Any]) -> Callable[..., Any]:
-    """A DRF view called from an async view: rendered in the thread, ready to return."""
+    """A DRF view called from an async view, on a web thread (core.asgi.in_web_thread), rendered
+    there, ready to return."""
 
     def call(request: HttpRequest, **kwargs: Any) -> Any:
         response = view(request, **kwargs)
@@ -56,7 +57,10 @@ def _checked(view: Callable[..., Any]) -> Callable[..., Any]:
             response.render()
         return response
 
-    return sync_to_async(call, thread_sensitive=False)
+    async def checked(request: HttpRequest, **kwargs: Any) -> Any:
+        return await in_web_thread(call, request, **kwargs)
+
+    return checked
 
 
 _stream_check = _checked(QueryStreamApi.as_view())

@@ -19,6 +19,7 @@ from claude_cli.invocation import (
     ClaudeOutcome,
     RunnerConfig,
     build_argv,
+    build_cold_argv,
     preview_argv,
 )
 from claude_cli.runner import run_claude
@@ -115,6 +116,19 @@ def test_the_prompt_is_one_stream_json_user_message_with_its_blocks() -> None:
     line = ClaudeInvocation(prompt="What is this?", content=blocks).user_message_line()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line)["message"]["content"] == blocks
+
+
+def test_a_cold_text_prompt_routed_to_mcp_servers_goes_after_double_dash() -> None:
+    mcp = {"mcpServers": {"fs": {"command": "mcp-server-filesystem", "args": ["/srv"]}}}
+    config = RunnerConfig(binary="claude", timeout=5)
+    routed = ClaudeInvocation(prompt="read x", mcp_config=mcp, allowed_tools=("mcp__fs",))
+    argv = build_cold_argv(routed, config)
+    assert "--input-format" not in argv and argv[-2:] == ["--", "read x"]
+    assert "--include-partial-messages" in argv
+    # Without servers, or with content blocks, the prompt goes to stdin.
+    assert build_cold_argv(ClaudeInvocation(prompt="read x"), config)[-1] == "--strict-mcp-config"
+    blocks = ClaudeInvocation(prompt="x", mcp_config=mcp, content=[{"type": "text", "text": "x"}])
+    assert "--input-format" in build_cold_argv(blocks, config)
 
 
 def test_argv_passes_the_system_prompt_as_a_file_or_inline() -> None:

@@ -94,13 +94,20 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Re
 def async_redis() -> aioredis.Redis:
     """A redis.asyncio client for the running event loop (a client belongs to the loop it runs on).
 
-    Each blocked read holds one connection of its pool; Redis serves thousands (``maxclients``).
+    Each blocked read holds one connection of its pool, so the pool holds up to EVENTS_MAX_READERS
+    (redis-py's default is 100); Redis serves 10000 clients by default (``maxclients``).
     """
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
+            settings.REDIS_URL,
+            socket_connect_timeout=2,
+            # A read blocks as long as its XREAD BLOCK asks; TCP keepalive notices a dead server.
+            socket_timeout=None,
+            socket_keepalive=True,
+            health_check_interval=30,
+            max_connections=settings.EVENTS_MAX_READERS,
         )
     return client
 
@@ -203,7 +210,9 @@ async def job_events(
         except RedisError:
             logger.warning("cannot read the events of job %s; falling back to its row", job, exc_info=True)
             entries, missing = [], True
-            await asyncio.sleep(min(ping_every, 1.0))
+            # At the ping's pace: hundreds of streams must not turn a Redis hiccup into a storm of
+            # database reads.
+            await asyncio.sleep(ping_every)
         for entry_id, event in entries:
             last = entry_id
             yield entry_id, event
