@@ -21,8 +21,11 @@ QUEUE_CONCURRENCY workers, as scripts/serve runs them. Then it measures:
    and cache hits on /v1/messages beside /api/query's (bench/v1.py);
 6. the first streamed token through the native stream, /v1/messages and /v1/chat/completions beside
    the bare CLI's first text delta (bench/stream.py; bench/v1.py adds the /v1/ rows);
-7. submissions that miss the cache with no worker running (only the submit path), with wrk;
-8. idle native streams held open on queued jobs, with the web's memory and cache hits beside them.
+7. a conversation of 10 turns resumed (``sessionId``) against the same turns replayed flat: upstream
+   request bytes and input tokens per turn (the mock reports prompt-cache usage), and the latency of
+   a resumed turn against a fresh one (bench/conversation.py);
+8. submissions that miss the cache with no worker running (only the submit path), with wrk;
+9. idle native streams held open on queued jobs, with the web's memory and cache hits beside them.
 
 It prints a table and writes it (Markdown, plus the raw figures as JSON) under bench/results/.
 Figures depend on the machine and on what else runs: it prints the load average at the start and
@@ -51,6 +54,7 @@ from typing import Any
 import bare
 import burst
 import cache
+import conversation
 import latency
 import memory
 import pool
@@ -78,6 +82,7 @@ WITH_GATEWAY = (
     ("cache", cache.measure),
     ("cache", v1.cache_hits),
     ("stream", stream.first_token),
+    ("conversation", conversation.measure),
     ("submit", submit.measure),  # stops the workers: only what needs none follows
     ("stream", stream.idle_streams),
 )

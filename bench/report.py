@@ -203,6 +203,49 @@ def pool_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def conversation_rows(r: dict[str, Any]) -> list[Row]:
+    c = r["conversation"]
+    res, flat, n = c["resumed_summary"], c["flat_summary"], c["turns"]
+
+    def per_turn(mode: str, key: str) -> str:
+        return " ".join(str(t[key]) for t in c[mode])
+
+    def tokens(turns: list[dict[str, Any]]) -> str:
+        return " ".join(f"{t['input_tokens'] + t['cache_write']}+{t['cache_read']}r" for t in turns)
+
+    return [
+        row(
+            f"Conversation of {n} turns: upstream request bytes, total",
+            f"resumed {res['bytes_total']:,}",
+            f"flat replay {flat['bytes_total']:,}",
+            f"{res['bytes_total'] / flat['bytes_total']:.2f}×",
+        ),
+        row("Upstream bytes per turn, resumed", per_turn("resumed", "bytes"), "", ""),
+        row("Upstream bytes per turn, flat replay", per_turn("flat", "bytes"), "", ""),
+        row(
+            f"Input tokens over {n} turns, uncached (input + cache writes) / cache reads",
+            f"resumed {res['uncached_total']:,} / {res['cache_read_total']:,}",
+            f"flat {flat['uncached_total']:,} / {flat['cache_read_total']:,}",
+            f"{res['uncached_total'] / flat['uncached_total']:.2f}× uncached",
+        ),
+        row("Input tokens per turn (uncached+reads), resumed", tokens(c["resumed"])),
+        row("Input tokens per turn (uncached+reads), flat replay", tokens(c["flat"])),
+        row(
+            "Billed input (1× + 1.25× cache writes + 0.1× reads), total",
+            f"resumed {res['billed_input_total']:,.0f}",
+            f"flat {flat['billed_input_total']:,.0f}",
+            f"{res['billed_input_total'] / flat['billed_input_total']:.2f}×",
+        ),
+        row(
+            "Latency of a later turn p50: resumed (cold CLI) / fresh (flat, warm CLI)",
+            fmt(res["latency_p50_later"], "s"),
+            fmt(flat["latency_p50_later"], "s"),
+            f"{res['latency_p50_later'] / flat['latency_p50_later']:.2f}×",
+            "how each turn ran: " + ",".join(m[:1] or "?" for m in res["modes"]),
+        ),
+    ]
+
+
 MEMORY_LABELS = (
     ("web_workers", "gunicorn worker"),
     ("workers", "rq worker"),
@@ -292,6 +335,7 @@ SECTIONS = (
     ("idle_streams", stream_rows),
     ("burst", cpu_rows),
     ("pool", pool_rows),
+    ("conversation", conversation_rows),
     (None, memory_rows),
 )
 

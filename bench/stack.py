@@ -104,7 +104,9 @@ def fresh_database(url: str) -> None:
 
 def start_mock(setup: Setup) -> None:
     port_file = setup.tmp / "mock.port"
-    setup.spawn([str(PYTHON), "tests/mockapi.py", "--port", "0", "--port-file", str(port_file)], "mockapi")
+    # Usage as the real prompt cache reports it, so a conversation's turns show what they reuse.
+    command = [str(PYTHON), "tests/mockapi.py", "--port", "0", "--port-file", str(port_file)]
+    setup.spawn([*command, "--prompt-cache"], "mockapi")
     port = wait_until(lambda: port_file.exists() and port_file.read_text().strip(), 15, "the mock API")
     setup.mock_url = f"http://127.0.0.1:{port}"
 

@@ -42,6 +42,11 @@ class ClaudeInvocation:
     allowed_tools: tuple[str, ...] = ()
     # Overrides RunnerConfig.workdir: the filesystem MCP server serves the CLI's working directory.
     workdir: str | None = None
+    # Continue this CLI session (``--resume ID --fork-session``): its file must be where the CLI looks
+    # (claude_cli.sessions). The fork is saved as ``session_id``, chosen by the caller, so two
+    # continuations of one session never write the same file.
+    resume: str | None = None
+    session_id: str | None = None
     content: list[dict[str, Any]] | None = None
     system_prompt: str | None = None
 
@@ -51,7 +56,8 @@ class ClaudeInvocation:
         return (
             f"ClaudeInvocation(prompt={self.prompt!r}, model={self.model!r}, "
             f"mcp_config={masked_mcp_config(self.mcp_config)!r}, allowed_tools={self.allowed_tools!r}, "
-            f"workdir={self.workdir!r}{blocks}, system_prompt={self.system_prompt!r})"
+            f"workdir={self.workdir!r}{blocks}, system_prompt={self.system_prompt!r}, "
+            f"resume={self.resume!r}, session_id={self.session_id!r})"
         )
 
     def user_message_line(self) -> bytes:
@@ -75,6 +81,8 @@ class RunnerConfig:
     # Appended to the CLI's PATH where missing: the gateway's own command directories, so the CLI
     # and the MCP servers it starts are found whoever started this process.
     tool_dirs: tuple[str, ...] = ()
+    # False: ``--no-session-persistence``, the CLI writes no session file and nothing can be resumed.
+    sessions: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunnerConfig:
@@ -89,6 +97,7 @@ class RunnerConfig:
             max_output_bytes=int(getattr(settings, "CLAUDE_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES)),
             disable_nonessential_traffic=bool(getattr(settings, "CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC", True)),
             tool_dirs=tuple(getattr(settings, "CLAUDE_TOOL_DIRS", ())),
+            sessions=bool(getattr(settings, "SESSIONS_ENABLED", True)),
         )
 
 
@@ -145,8 +154,39 @@ def build_argv(
     argv.append("--strict-mcp-config")
     if invocation.allowed_tools:
         argv += ["--allowedTools", *invocation.allowed_tools]
+    argv += session_args(invocation, config)
     argv += [*config.extra_args]
     return argv
+
+
+def session_args(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:
+    """The session options: continue a session as a fork with a chosen id, or keep none at all."""
+    if not config.sessions:
+        return ["--no-session-persistence"]
+    if invocation.resume is None:
+        return []
+    argv = ["--resume", invocation.resume, "--fork-session"]
+    if invocation.session_id:
+        argv += ["--session-id", invocation.session_id]
+    return argv
+
+
+# What the gateway sets itself for every run: CLAUDE_EXTRA_ARGS may not set it too (a second
+# --resume, or --continue, would run a turn in a session the gateway did not choose).
+RESERVED_ARGS = (
+    "--resume",
+    "-r",
+    "--continue",
+    "-c",
+    "--fork-session",
+    "--session-id",
+    "--no-session-persistence",
+)
+
+
+def reserved_args_used(extra_args: tuple[str, ...] | list[str]) -> list[str]:
+    """The options among ``extra_args`` that the gateway sets itself (RESERVED_ARGS)."""
+    return [arg for arg in extra_args if arg.split("=", 1)[0] in RESERVED_ARGS]
 
 
 def prompt_in_argv(invocation: ClaudeInvocation) -> bool:

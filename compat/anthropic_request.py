@@ -14,6 +14,7 @@ from typing import Any
 from compat.conversation import (
     ImageBudget,
     Turn,
+    history_of,
     image_block,
     messages_count_check,
     prompt_build,
@@ -21,6 +22,7 @@ from compat.conversation import (
     text_block,
 )
 from compat.errors import invalid
+from queries.lineage import History
 from queries.prompts import Prompt
 from queries.validation import model_problem
 
@@ -58,6 +60,7 @@ class MessagesCall:
     stream: bool
     metadata: dict[str, Any] | None
     ignored: list[str] = field(default_factory=list)
+    history: History | None = None
 
 
 def _require_type(value: Any, kind: type | tuple[type, ...], where: str, expected: str) -> None:
@@ -254,7 +257,8 @@ def messages_call_parse(body: Any) -> MessagesCall:
         for index, stop in enumerate(stops):
             _require_type(stop, str, f"stop_sequences.{index}", "a valid string")
     system = _system(body.get("system"))
-    prompt = prompt_build(system=system, turns=_turns(body.get("messages")))
+    turns = _turns(body.get("messages"))
+    prompt = prompt_build(system=system, turns=turns)
     prompt_check_size(prompt, param="messages")
     return MessagesCall(
         model=model,
@@ -262,4 +266,5 @@ def messages_call_parse(body: Any) -> MessagesCall:
         stream=bool(stream),
         metadata=metadata or None,
         ignored=[name for name in IGNORED if body.get(name) is not None],
+        history=history_of(system=system, turns=turns),
     )

@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from compat.errors import ApiError, invalid
+from queries.lineage import History, history_split
 from queries.prompts import Prompt
 
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -150,6 +151,11 @@ def prompt_build(*, system: str, turns: list[Turn]) -> Prompt:
     *earlier, last = turns
     content = (_transcript(earlier) if earlier else []) + list(last.blocks)
     return Prompt(content=content, system=system)
+
+
+def history_of(*, system: str, turns: list[Turn]) -> History | None:
+    """The conversation's lineage (queries.lineage): whether its earlier turns continue a session."""
+    return history_split([{"role": t.role, "content": t.blocks} for t in turns], system=system)
 
 
 def prompt_check_size(prompt: Prompt, *, param: str) -> None:

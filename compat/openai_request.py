@@ -16,6 +16,7 @@ from typing import Any
 from compat.conversation import (
     ImageBudget,
     Turn,
+    history_of,
     image_block,
     messages_count_check,
     prompt_build,
@@ -24,6 +25,7 @@ from compat.conversation import (
     turns_merge,
 )
 from compat.errors import invalid
+from queries.lineage import History
 from queries.prompts import Prompt
 from queries.validation import model_problem
 
@@ -75,6 +77,7 @@ class ChatCall:
     include_usage: bool
     metadata: dict[str, Any] | None
     ignored: list[str] = field(default_factory=list)
+    history: History | None = None
 
 
 def _check(condition: bool, message: str, param: str) -> None:
@@ -358,4 +361,5 @@ def chat_call_parse(body: Any) -> ChatCall:
         include_usage=include_usage,
         metadata=recorded or None,
         ignored=[name for name in IGNORED if body.get(name) is not None],
+        history=history_of(system=system, turns=turns),
     )

@@ -18,6 +18,7 @@ from django.http import HttpRequest
 from compat.errors import ApiError, from_gateway_error, from_job_failure
 from core.errors import GatewayError
 from queries import quotas, services
+from queries.lineage import History
 from queries.models import ApiKey, Priority, QueryRequest
 from queries.prompts import Prompt
 from queries.services import events
@@ -78,6 +79,7 @@ def call_submit(
     model: str,
     prompt: Prompt,
     metadata: dict[str, Any] | None,
+    history: History | None = None,
 ) -> services.Submission:
     """Authorize, count against the key's rate and submit (sync: the ORM). Raises ApiError."""
     no_cache, priority = gateway_options(request)
@@ -92,6 +94,7 @@ def call_submit(
             priority=priority,
             metadata=metadata,
             no_cache=no_cache,
+            history=history,
         )
     except GatewayError as exc:
         raise from_gateway_error(exc.status, exc.type, exc.message, exc.headers) from None

@@ -74,6 +74,7 @@ def _accept(request: HttpRequest, parse: Callable[[Any], Any], api: str) -> tupl
         model=call.model,
         prompt=call.prompt,
         metadata=call.metadata,
+        history=call.history,
     )
     logs.bind(job_id=submission.job_id)
     return call, submission

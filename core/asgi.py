@@ -30,6 +30,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
 from django.urls import Resolver404, get_resolver
 
+from core.db import connections_drop_broken
 from core.handlers import FAST_PATH_TRIED, GatewayWSGIHandler, MiddlewareList, api_middleware
 
 Scope = dict[str, Any]
@@ -71,6 +72,7 @@ async def in_web_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
     def run() -> Any:
         close_old_connections()
+        connections_drop_broken()  # one PostgreSQL ended (a restart, a failover) is replaced first
         try:
             return func(*args, **kwargs)
         finally:

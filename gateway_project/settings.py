@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from claude_cli.invocation import reserved_args_used
 from core import cli_tools
 from core.env import (
     env_args,
@@ -249,6 +250,10 @@ CLAUDE_TOOL_DIRS = cli_tools.tool_dirs()
 CLAUDE_TIMEOUT = env_float("CLAUDE_TIMEOUT", 120.0, minimum=0.1)
 CLAUDE_KILL_GRACE = env_float("CLAUDE_KILL_GRACE", 5.0, minimum=0.0)
 CLAUDE_EXTRA_ARGS = env_args("CLAUDE_EXTRA_ARGS")
+if _reserved := reserved_args_used(CLAUDE_EXTRA_ARGS):
+    raise ImproperlyConfigured(
+        f"CLAUDE_EXTRA_ARGS may not set {', '.join(_reserved)}: the gateway sets the CLI's session options"
+    )
 CLAUDE_MAX_OUTPUT_BYTES = env_int("CLAUDE_MAX_OUTPUT_BYTES", 10 * 1024 * 1024, minimum=1024)
 CLAUDE_WORKDIR = Path(
     env_str(
@@ -266,6 +271,12 @@ CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC = env_bool("CLAUDE_DISABLE_NONESSENTIAL_TRAF
 CLAUDE_POOL_SIZE = env_int("CLAUDE_POOL_SIZE", 1, minimum=0, maximum=16)
 CLAUDE_POOL_MAX_AGE = env_float("CLAUDE_POOL_MAX_AGE", 300.0, minimum=4.0)
 CLAUDE_POOL_KEYS = env_int("CLAUDE_POOL_KEYS", 4, minimum=1, maximum=64)
+# Conversations (README, "Conversations"): a turn continues the CLI session of an earlier answer. The
+# session file is kept in PostgreSQL after each turn (at most SESSION_MAX_BYTES of it) for SESSION_TTL
+# seconds after its last use; false runs every CLI with --no-session-persistence.
+SESSIONS_ENABLED = env_bool("SESSIONS_ENABLED", True)
+SESSION_TTL = env_int("SESSION_TTL", 7 * 24 * 3600, minimum=60)
+SESSION_MAX_BYTES = env_int("SESSION_MAX_BYTES", 8 * 1024 * 1024, minimum=1024)
 
 # Webhooks
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)

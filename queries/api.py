@@ -79,6 +79,11 @@ class QueryCreateApi(APIView):
         noCache = StrictBooleanField(  # noqa: N815
             required=False, default=False, help_text="Skip the cache lookup (the answer is still cached)."
         )
+        sessionId = StrictCharField(  # noqa: N815
+            required=False,
+            max_length=100,
+            help_text="Continue the conversation of an earlier answer: its result.sessionId (this key's).",
+        )
 
         def get_fields(self) -> dict[str, serializers.Field]:
             # DRF gives every serializer a deep copy of the declared fields, made by constructing each
@@ -148,6 +153,7 @@ class QueryCreateApi(APIView):
             webhook_url=data.get("webhookUrl", ""),
             metadata=data.get("metadata"),
             no_cache=data["noCache"],
+            session_id=data.get("sessionId"),
         )
         logs.bind(job_id=submission.job_id)
         body: dict[str, Any] = {
@@ -155,6 +161,9 @@ class QueryCreateApi(APIView):
             "jobId": str(submission.job_id),
             "status": submission.job_state,
         }
+        if "sessionId" in data:
+            # The session this turn continues; the answer's result.sessionId continues this turn.
+            body["sessionId"] = data["sessionId"]
         if submission.outcome == QueryRequest.Outcome.CACHED:
             body.update(status="completed", cached=True, result=submission.result)
             return Response(body, status=status.HTTP_200_OK)

@@ -110,6 +110,12 @@ class ApiKey(models.Model):
         return hashlib.sha256(key.encode()).hexdigest()
 
 
+class SessionMode(models.TextChoices):
+    FRESH = "fresh", "Fresh run"
+    RESUMED = "resumed", "Resumed the session"
+    FALLBACK = "fallback", "Fresh run with the flat transcript (resume failed)"
+
+
 class Job(models.Model):
     """One execution of the Claude CLI, shared by every request that was joined onto it."""
 
@@ -187,6 +193,23 @@ class Job(models.Model):
         related_name="retries",
         help_text="The failed or cancelled job an operator retried as this one.",
     )
+    # Conversations (queries.services.sessions): the session this turn continues, the lineage of the
+    # turns before it, and (/v1) this turn's user message alone, as the prompt holds the transcript.
+    session_parent = models.ForeignKey(
+        "Session",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="continuations",
+        help_text="The CLI session this turn resumes (--resume … --fork-session).",
+    )
+    lineage_prefix = models.CharField(max_length=64, blank=True, default="")
+    turn_number = models.PositiveIntegerField(default=1, help_text="This turn's place in its conversation.")
+    turn_content = models.JSONField(
+        null=True, blank=True, help_text="This turn's user message alone, sent when the session is resumed."
+    )
+    session_mode = models.CharField(max_length=16, choices=SessionMode.choices, blank=True, default="")
+    session_note = models.CharField(max_length=500, blank=True, default="")
     worker_name = models.CharField(max_length=200, blank=True, default="")
     cli_pid = models.IntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -247,6 +270,50 @@ class Job(models.Model):
         if not self.error_type:
             return None
         return {"type": self.error_type, "message": self.error_message}
+
+
+class Session(models.Model):
+    """One answered turn's CLI session: the file the CLI saved, kept so any host can resume it.
+
+    Each turn is a new CLI session (a fork of the one before), so a conversation is a chain of rows
+    through ``parent``, and a conversation continued twice from one turn is a tree.
+    """
+
+    cli_session_id = models.CharField(max_length=100, unique=True)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="sessions"
+    )
+    job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="session")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    lineage_hash = models.CharField(max_length=64, help_text="The conversation up to this answer.")
+    turns = models.PositiveIntegerField(default=1)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_read_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    size_bytes = models.PositiveIntegerField(default=0, help_text="The session file's size.")
+    content = models.BinaryField(
+        null=True, blank=True, help_text="The session file; empty when it was over SESSION_MAX_BYTES."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-last_used_at"]
+        indexes = [
+            # The /v1 lookup: a replayed history's lineage among this key's sessions.
+            models.Index(fields=["lineage_hash", "api_key"], name="session_lineage_key_idx"),
+            models.Index(fields=["expires_at"], name="session_expires_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cli_session_id} (turn {self.turns})"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()
 
 
 class QueryRequest(models.Model):

@@ -63,14 +63,19 @@ def runner_config() -> RunnerConfig:
     return RunnerConfig.from_settings(settings)
 
 
-def job_meta(*, model: str | None, servers: list[str]) -> dict[str, Any]:
-    """What the rq job carries for the worker to pick a warm CLI: names only, never configuration."""
-    return {META_KEY: {"model": model or None, "servers": sorted(servers)}}
+def job_meta(*, model: str | None, servers: list[str], resume: bool = False) -> dict[str, Any]:
+    """What the rq job carries for the worker to pick a warm CLI: names only, never configuration.
+
+    A job that resumes a session takes none: its CLI starts cold, with ``--resume``."""
+    entry: dict[str, Any] = {"model": model or None, "servers": sorted(servers)}
+    if resume:
+        entry["resume"] = True
+    return {META_KEY: entry}
 
 
 def descriptor_from_meta(meta: dict[str, Any] | None) -> Descriptor | None:
     entry = (meta or {}).get(META_KEY)
-    if not isinstance(entry, dict):
+    if not isinstance(entry, dict) or entry.get("resume"):
         return None
     model, servers = entry.get("model"), entry.get("servers")
     if not (model is None or isinstance(model, str)) or not isinstance(servers, list):

@@ -74,7 +74,11 @@ class ResultSerializer(serializers.Serializer):
         child=serializers.CharField(allow_blank=True),
         help_text="MCP servers the CLI was given for this query.",
     )
-    sessionId = serializers.CharField(allow_null=True, allow_blank=True, help_text="The CLI's session id.")  # noqa: N815
+    sessionId = serializers.CharField(  # noqa: N815
+        allow_null=True,
+        allow_blank=True,
+        help_text="The CLI session of this answer: send it as `sessionId` to continue the conversation.",
+    )
     durationMs = serializers.IntegerField(allow_null=True, help_text="The CLI's own duration.")  # noqa: N815
     numTurns = serializers.IntegerField(allow_null=True, help_text="Model turns the CLI took.")  # noqa: N815
     costUsd = serializers.FloatField(  # noqa: N815
@@ -93,6 +97,9 @@ class QueryQueuedSerializer(serializers.Serializer):
     deduplicated = serializers.BooleanField(
         required=False,
         help_text="Present (true) when an identical query was already in flight and this joined its job.",
+    )
+    sessionId = serializers.CharField(  # noqa: N815
+        required=False, help_text="Present when the query gave one: the session this turn continues."
     )
 
 
@@ -187,7 +194,9 @@ QUERY_CREATE: dict[str, Any] = {
         "Answers from the cache (200), joins an identical query already in flight (202, "
         "`deduplicated: true`) or queues a new job (202). Identical means equal after Unicode NFC, "
         "trimming, collapsing whitespace and lowercasing, with the same model and MCP servers; with "
-        "`CACHE_SCOPE=key` (the default) only the same key's queries are identical."
+        "`CACHE_SCOPE=key` (the default) only the same key's queries are identical. With "
+        "`sessionId` the query continues that answer's conversation in its CLI session; its key "
+        "covers the conversation."
     ),
     "parameters": [RETRY_AFTER, WWW_AUTHENTICATE],
     "responses": {
@@ -196,6 +205,9 @@ QUERY_CREATE: dict[str, Any] = {
         400: ERROR_400,
         401: ERROR_401,
         403: _error("This key may not use the requested priority or model (`details.reason`)."),
+        404: _error(
+            "`sessionId` names no session this key may continue (unknown, expired or another key's)."
+        ),
         405: ERROR_405,
         413: _error("The body is larger than `REQUEST_MAX_BYTES` (checked before it is read)."),
         414: ERROR_414,

@@ -24,13 +24,22 @@ and content blocks, images as ``{"type": "image", "media_type", "bytes"}``) and 
 When the last user message carries a ``tool_result``, the directives come from the prompt before
 it (so ``sleep`` applies to every turn). ``<system-reminder>`` text that the CLI adds is ignored
 for the prompt text. Without a directive the answer is ``4`` when the prompt contains ``2+2`` and
-``echo: <first 200 characters of the prompt>`` otherwise.
+``echo: <first 200 characters of the prompt>`` otherwise. When the message carries a directive more
+than once (a transcript of earlier turns before the new one), the last one wins.
+
+``GET /_mock/requests`` lists the recorded request bodies (``?since=N``: after the first N),
+``GET /_mock/turns`` each request's messages as turns (role, text, block types), so a test sees
+which earlier turns reached upstream.
+With ``--prompt-cache`` (``MockAnthropic(prompt_cache=True)``) usage is reported as the real prompt
+cache would: input tokens by size (4 bytes a token), and the longest prefix that an earlier request
+marked with ``cache_control`` as ``cache_read_input_tokens``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import itertools
 import json
 import logging
@@ -44,12 +53,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 logger = logging.getLogger("mockapi")
 
 VERBOSE_ENV = "MOCKAPI_VERBOSE"
 INPUT_TOKENS = 12
+BILLING_HEADER = "x-anthropic-billing-header:"
 ECHO_CHARS = 200
 # Large answers go out in several deltas, as the real API streams them.
 DELTA_CHARS = 8192
@@ -127,8 +137,9 @@ class Turn:
                     break
         texts = [b.get("text") or "" for b in source if b.get("type") == "text"]
         directives: dict[str, str] = {}
-        for text in texts:
-            for name, value in _DIRECTIVE_RE.findall(text):
+        # The last directive wins: a transcript of earlier turns may lead the message.
+        for text in reversed(texts):
+            for name, value in reversed(_DIRECTIVE_RE.findall(text)):
                 directives.setdefault(name, value)
         return cls(directives=directives, prompt=_prompt_text(source), tool_results=tool_results)
 
@@ -157,6 +168,8 @@ class Reply:
     tool_name: str | None = None
     tool_input_json: str = "{}"
     error_message: str = "mock error"
+    # Input usage as a prompt cache would report it (MockAnthropic(prompt_cache=True)); None: fixed.
+    input_usage: dict[str, int] | None = None
     # drip: the text goes out in this many deltas, gap seconds apart; fail_after: deltas, then an error.
     drip: int = 0
     gap: float = 0.0
@@ -241,13 +254,59 @@ def sleep_seconds(turn: Turn) -> float:
         return 0.0
 
 
-def _usage(output_tokens: int) -> dict[str, int]:
+def _usage(output_tokens: int, input_usage: dict[str, int] | None = None) -> dict[str, int]:
     return {
         "input_tokens": INPUT_TOKENS,
         "output_tokens": output_tokens,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 0,
+        **(input_usage or {}),
     }
+
+
+def _tokens(value: Any) -> int:
+    """About what the real tokenizer counts: a token per 4 bytes of compact JSON."""
+    return math.ceil(len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()) / 4)
+
+
+def _without_cache_control(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_cache_control(v) for v in value]
+    return value
+
+
+def prompt_segments(body: dict[str, Any]) -> list[tuple[Any, bool]]:
+    """The request's prompt in cache order (tools, system, each message), each with whether it holds
+    a ``cache_control`` breakpoint; the breakpoint markers themselves are not part of the content."""
+    system = body.get("system") or ""
+    if isinstance(system, list):
+        # The CLI's billing header changes with every request; the real cache does not key on it.
+        system = [b for b in system if not str(b.get("text", "")).startswith(BILLING_HEADER)]
+    # A string content is one text block to the tokenizer (the CLI sends it as a block when it marks it).
+    messages = [
+        {**m, "content": _blocks(m.get("content"))} for m in body.get("messages") or [] if isinstance(m, dict)
+    ]
+    parts = [body.get("tools") or [], system, *messages]
+    return [(_without_cache_control(part), "cache_control" in json.dumps(part)) for part in parts]
+
+
+def turns_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's messages as turns: role, the text without the CLI's reminders, block types."""
+    turns = []
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        blocks = _blocks(message.get("content"))
+        turns.append(
+            {
+                "role": message.get("role"),
+                "text": _prompt_text(blocks),
+                "types": [b.get("type") for b in blocks],
+            }
+        )
+    return turns
 
 
 def _content_block(reply: Reply, tool_id: str) -> dict[str, Any]:
@@ -271,7 +330,7 @@ def message_json(reply: Reply, message_id: str, model: str, tool_id: str) -> dic
         "content": [_content_block(reply, tool_id)],
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
-        "usage": _usage(reply.output_tokens),
+        "usage": _usage(reply.output_tokens, reply.input_usage),
     }
 
 
@@ -299,7 +358,7 @@ def sse_events(reply: Reply, message_id: str, model: str, tool_id: str) -> Itera
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": _usage(1),
+                "usage": _usage(1, reply.input_usage),
             },
         },
     )
@@ -409,7 +468,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.route == "/":
             self._send_json(200, {"ok": True})
         elif self.route == "/_mock/requests":
-            self._send_json(200, self.mock.message_requests())
+            # ?since=N: only the requests after the first N.
+            since = parse_qs(urlsplit(self.path).query).get("since", ["0"])[0]
+            self._send_json(200, self.mock.message_requests()[int(since) if since.isdigit() else 0 :])
+        elif self.route == "/_mock/turns":
+            self._send_json(200, self.mock.turns())
         elif self.route == "/_mock/hits":
             self._send_json(200, [h.as_dict() for h in self.mock.hits])
         else:
@@ -448,6 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         reply = choose_reply(turn)
+        reply.input_usage = self.mock._input_usage(body)
         if reply.status >= 400:
             self._send_json(reply.status, error_body(reply.status, reply.error_message))
             return
@@ -530,9 +594,13 @@ class MockAnthropic:
     ``message_requests()`` / ``hits`` for a consistent snapshot.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, prompt_cache: bool = False) -> None:
         self.host = host
         self.port = port
+        # Usage as the real API's prompt cache reports it: input tokens by size, the longest prefix
+        # an earlier request marked with cache_control read from the cache (prompt_segments).
+        self.prompt_cache = prompt_cache
+        self._cached_prefixes: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self._hits: list[Hit] = []
         self._lock = threading.Lock()
@@ -560,15 +628,44 @@ class MockAnthropic:
         with self._lock:
             return list(self.requests)
 
+    def turns(self) -> list[list[dict[str, Any]]]:
+        """Each recorded ``POST /v1/messages`` as its turns (:func:`turns_of`), in arrival order."""
+        return [turns_of(body) for body in self.message_requests()]
+
     def received(self) -> list[dict[str, Any]]:
         """What upstream got, per ``POST /v1/messages``: system prompt, messages and their number."""
         return [received_view(body) for body in self.message_requests()]
 
     def reset(self) -> None:
-        """Forget the recorded requests and hits."""
+        """Forget the recorded requests, hits and cached prompt prefixes."""
         with self._lock:
             self.requests.clear()
             self._hits.clear()
+            self._cached_prefixes.clear()
+
+    def _input_usage(self, body: dict[str, Any]) -> dict[str, int] | None:
+        if not self.prompt_cache:
+            return None
+        total, read, marked = 0, 0, 0
+        digest = hashlib.sha256()
+        ends: list[tuple[str, int, bool]] = []
+        for part, breakpoint in prompt_segments(body):
+            total += _tokens(part)
+            digest.update(json.dumps(part, sort_keys=True).encode())
+            ends.append((digest.copy().hexdigest(), total, breakpoint))
+        with self._lock:
+            for key, tokens, breakpoint in ends:
+                if key in self._cached_prefixes:
+                    read = tokens
+                if breakpoint:
+                    marked = tokens
+                    self._cached_prefixes.add(key)
+        created = max(0, marked - read)
+        return {
+            "input_tokens": max(1, total - read - created),
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": created,
+        }
 
     def start(self) -> MockAnthropic:
         """Bind and serve in a daemon thread; returns self."""
@@ -638,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
+    parser.add_argument("--prompt-cache", action="store_true", help="report usage as a prompt cache would")
     args = parser.parse_args(argv)
 
     verbose = os.environ.get(VERBOSE_ENV) == "1"
@@ -647,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
 
-    server = MockAnthropic(args.host, args.port).start()
+    server = MockAnthropic(args.host, args.port, prompt_cache=args.prompt_cache).start()
     try:
         if args.port_file:
             _write_port_file(args.port_file, server.port)

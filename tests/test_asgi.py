@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from core.asgi import GatewayASGIHandler, is_async_view, wsgi_environ
 
 
@@ -47,6 +49,9 @@ def test_async_views_are_told_from_sync_ones_by_their_url() -> None:
     assert not is_async_view("/no/such/page")
 
 
+# The web threads are the process's: one that an earlier test used holds its database connection,
+# which Django checks at the request's start.
+@pytest.mark.django_db
 def test_sync_views_are_answered_by_the_wsgi_handler_on_a_thread() -> None:
     status, headers, body = call(GatewayASGIHandler(), "/health")
     assert status == 200 and json.loads(body) == {"status": "ok"}

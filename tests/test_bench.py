@@ -19,7 +19,7 @@ from django.conf import settings
 from tests.support import REPO
 from tests.support.processes import database_url
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300), pytest.mark.usefixtures("redis_db")]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420), pytest.mark.usefixtures("redis_db")]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (.ci/run installs it)")
@@ -42,7 +42,7 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=400,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert out.read_text() in done.stdout  # printed and written
@@ -58,6 +58,9 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
         "Submissions missing the cache",
         "Gateway CPU per job",
         "Memory per warm CLI",
+        "Conversation of 3 turns: upstream request bytes",
+        "Input tokens per turn (uncached+reads), resumed",
+        "Latency of a later turn p50: resumed",
         "First streamed token p50, native",
         "First streamed token p50, /v1/messages",
         "First streamed token p50, /v1/chat/completions",
@@ -77,6 +80,12 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
     assert submitted["non_2xx"] == 0 and submitted["jobs_created"] >= submitted["requests"] > 0
     assert raw["burst"]["clis_reaped"] >= raw["burst"]["n"]  # each job took a CLI of its own
     assert raw["memory"]["warm_clis"]["count"] >= raw["config"]["concurrency"]
+    conversation = raw["conversation"]
+    assert conversation["resumed_summary"]["modes"] == ["fresh", "resumed", "resumed"]
+    assert conversation["flat_summary"]["modes"] == ["fresh", "fresh", "fresh"]
+    # Resumed, a later turn reads the whole earlier conversation from the prompt cache.
+    last = conversation["resumed"][-1]
+    assert last["cache_read"] > conversation["flat"][-1]["cache_read"]
     assert raw["first_token"]["native"]["n"] == raw["first_token"]["bare"]["n"] > 0
     assert raw["v1_cache"]["v1_messages"]["requests"] > 0 and raw["v1_cache"]["v1_messages"]["non_2xx"] == 0
     streams = raw["idle_streams"]

@@ -5,6 +5,6 @@ Job and request tables grow without bound, so their changelists never count the 
 id, a hash, or words) instead of OR-ing every field into one sequential scan.
 """
 
-from console.admin import api_keys, intents, jobs, query_requests, webhook_deliveries
+from console.admin import api_keys, intents, jobs, query_requests, sessions, webhook_deliveries
 
-__all__ = ["api_keys", "intents", "jobs", "query_requests", "webhook_deliveries"]
+__all__ = ["api_keys", "intents", "jobs", "query_requests", "sessions", "webhook_deliveries"]

@@ -25,8 +25,9 @@ from console.admin.common import (
     seconds_text,
     short_id,
 )
+from console.admin.sessions import session_link_html
 from queries import services
-from queries.models import ApiKey, Job, QueryRequest
+from queries.models import ApiKey, Job, QueryRequest, Session
 from routing.models import IntentRule
 from webhooks.models import WebhookDelivery
 
@@ -186,6 +187,10 @@ class JobAdmin(ReadOnlyAdmin):
         ),
         ("Answer", {"fields": ("response", "stop_reason", "served_from_cache", "cli_output_pretty")}),
         (
+            "Conversation",
+            {"fields": ("turn_number", "session_mode", "session_note", "continues_session", "own_session")},
+        ),
+        (
             "Cost and tokens",
             {
                 "fields": (
@@ -210,6 +215,14 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="job")
     def job_id(self, job: Job) -> str:
         return short_id(job.id)
+
+    @admin.display(description="continues session")
+    def continues_session(self, job: Job) -> str:
+        return session_link_html(job.session_parent)
+
+    @admin.display(description="its session")
+    def own_session(self, job: Job) -> str:
+        return session_link_html(Session.objects.filter(job=job).first())
 
     @admin.display(description="query")
     def short_query(self, job: Job) -> str:

@@ -7,6 +7,7 @@
 - ``events``: a job's live events, one Redis stream per job (``job:{id}:events``).
 - ``run``: a worker running a job, and what follows an outcome.
 - ``submit``: a submission answered from the cache, joined to a job in flight, or queued.
+- ``sessions``: conversations: which session a turn continues, restoring and keeping session files.
 - ``operations``: operators' cancel and retry, and reconciling the jobs with Redis (also run by the
   workers themselves).
 - ``keys``: API keys.

@@ -53,6 +53,7 @@ def query_hash(
     model: str | None,
     servers: Iterable[str],
     scope: str | None = None,
+    lineage: str | None = None,
     prompt: dict[str, Any] | None = None,
 ) -> str:
     """SHA-256 over a canonical JSON of what decides the answer: query, model and MCP servers.
@@ -61,10 +62,14 @@ def query_hash(
     from another's; without one the hash is the same for every caller. ``prompt`` is what a prompt
     richer than one string adds (queries.prompts.Prompt.key_fields: the system prompt and every
     content block, images by the SHA-256 of their bytes); a plain string hashes as it always has.
+    ``lineage`` is the conversation a continued turn follows (queries.lineage): "why?" after two
+    different answers is two different questions.
     """
     fields: dict[str, Any] = {"query": normalized, "model": model or None, "mcpServers": sorted(servers)}
     if scope is not None:
         fields["scope"] = scope
+    if lineage is not None:
+        fields["lineage"] = lineage
     if prompt is not None:
         fields["prompt"] = prompt
     canonical = json.dumps(

@@ -22,7 +22,7 @@ from rq.job import Job as RqJob
 
 from claude_cli.process import kill_orphaned_group, process_alive
 from core.redis import redis_bytes, redis_client
-from queries.models import PRIORITY_QUEUES, Job
+from queries.models import PRIORITY_QUEUES, Job, SessionMode
 from queries.services.dedup import (
     DEDUP_KEY,
     SUBMIT_ATTEMPTS,
@@ -148,6 +148,11 @@ def job_retry(*, job_id: uuid.UUID | str) -> Retry:
             deduplicated=settings.DEDUP_ENABLED,
             rq_job_id=str(new_id),
             retry_of=old,
+            session_parent=old.session_parent,
+            lineage_prefix=old.lineage_prefix,
+            turn_content=old.turn_content,
+            turn_number=old.turn_number,
+            session_mode=SessionMode.RESUMED if old.session_parent_id else SessionMode.FRESH,
         )
     except IntegrityError:
         # An identical job is queued or running though Redis had no mark for it (a flush).

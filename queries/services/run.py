@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -22,13 +22,14 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from claude_cli import runner
-from claude_cli.invocation import ClaudeOutcome
+from claude_cli.invocation import ClaudeOutcome, RunnerConfig
 from claude_cli.process import kill_orphaned_group, process_alive
 from core import logs, metrics
 from core.db import connections_drop_broken
 from core.redis import redis_client
 from queries import pool, quotas, signals
 from queries.models import PRIORITY_QUEUES, Job, QueryRequest
+from queries.services import sessions
 from queries.services.cache import cache_get, cache_put
 from queries.services.dedup import dedup_release
 from queries.services.events import events_append, events_final_append
@@ -62,7 +63,9 @@ def job_enqueue(*, job: Job) -> None:
         failure_ttl=7 * 24 * 3600,
         description=f"run job {job.id}",
         # The worker picks a CLI started ahead of time by these, without a database query.
-        meta=pool.job_meta(model=job.model, servers=job.mcp_servers),
+        meta=pool.job_meta(
+            model=job.model, servers=job.mcp_servers, resume=job.session_parent_id is not None
+        ),
     )
 
 
@@ -123,19 +126,18 @@ def _job_execute(*, job: Job) -> Job:
         events_append(job.id, event)
 
     config = pool.runner_config()
-    outcome = runner.run_claude(
-        invocation,
-        config,
-        on_start=on_start,
-        should_cancel=lambda: job_cancel_requested(job_id=job.id),
-        warm=pool.pool_claim(invocation=invocation, config=config),
-        on_event=on_event,
-    )
+    plan = sessions.session_plan(job=job, invocation=invocation, config=config)
+    outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start, on_event=on_event)
+    if plan.resumes and sessions.resume_refused(outcome):
+        reason = f"the CLI did not resume session {plan.invocation.resume}: {outcome.error_message}"
+        plan = sessions.session_fallback(job=job, invocation=invocation, reason=reason)
+        outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start, on_event=on_event)
     # The run took seconds: if PostgreSQL dropped the connection meanwhile, record on a fresh one.
     connections_drop_broken()
     _record_cli_output(job=job, outcome=outcome)
     metrics.cli_run_observed(job=job, outcome=outcome)
     if not outcome.ok:
+        sessions.session_record(job=job, invocation=plan.invocation, config=config, outcome=outcome)
         return job_fail(
             job=job,
             error_type=outcome.error_type or Job.ErrorType.CLI_ERROR,
@@ -145,12 +147,45 @@ def _job_execute(*, job: Job) -> Job:
 
     job.progress = 80
     job.save(update_fields=["progress", "response", "cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS])
+    sessions.session_record(job=job, invocation=plan.invocation, config=config, outcome=outcome)
     # Cache before the job is marked completed: a submission that finds the in-flight mark naming a
     # finished job goes to the cache next, and must find the answer there. A noCache submission's
     # answer is cached too: noCache skips the lookup, not the store.
     if settings.CACHE_ENABLED and route.cacheable and cache_put(job=job, ttl=route.cache_ttl):
         Job.objects.filter(id=job.id).update(progress=90)
     return _job_finish(job=job, state=Job.State.COMPLETED)
+
+
+def _run_planned(
+    *,
+    job: Job,
+    plan: sessions.SessionPlan,
+    config: RunnerConfig,
+    on_start: Callable[[int], None],
+    on_event: Callable[[dict[str, Any]], None],
+) -> ClaudeOutcome:
+    """Run the CLI as planned: a resumed turn cold, with its parent's session file in place."""
+    try:
+        with sessions.session_files(plan=plan, config=config):
+            return runner.run_claude(
+                plan.invocation,
+                config,
+                on_start=on_start,
+                should_cancel=lambda: job_cancel_requested(job_id=job.id),
+                # A CLI started ahead of time cannot have been started with --resume.
+                warm=None if plan.resumes else pool.pool_claim(invocation=plan.invocation, config=config),
+                on_event=on_event,
+            )
+    except OSError as exc:
+        reason = f"the session file could not be restored: {exc}"
+        fallback = sessions.session_fallback(job=job, invocation=plan.fresh or plan.invocation, reason=reason)
+        return runner.run_claude(
+            fallback.invocation,
+            config,
+            on_start=on_start,
+            should_cancel=lambda: job_cancel_requested(job_id=job.id),
+            on_event=on_event,
+        )
 
 
 _USAGE_FIELDS = [

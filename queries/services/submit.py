@@ -23,9 +23,10 @@ from core.errors import GatewayError, Overloaded
 from core.redis import redis_client
 from queries import quotas
 from queries.auth import cache_scope
+from queries.lineage import History
 from queries.models import ApiKey, Job, Priority, QueryRequest
 from queries.prompts import API_NATIVE, APIS, Prompt
-from queries.services import journal
+from queries.services import journal, sessions
 from queries.services.cache import CACHE_KEY, cache_get, normalize_query, query_hash
 from queries.services.dedup import (
     DEDUP_KEY,
@@ -69,7 +70,12 @@ class Submission:
 
 
 def _query_route_and_hash(
-    *, api_key: ApiKey | None, query: str, model: str | None, prompt: Prompt | None = None
+    *,
+    api_key: ApiKey | None,
+    query: str,
+    model: str | None,
+    prompt: Prompt | None = None,
+    lineage: str | None = None,
 ) -> tuple[str, Route, str]:
     normalized = normalize_query(query)
     route = route_query(query=query)
@@ -79,6 +85,7 @@ def _query_route_and_hash(
         servers=route.server_names,
         scope=cache_scope(api_key=api_key),
         prompt=prompt.key_fields() if prompt is not None else None,
+        lineage=lineage,
     )
     return normalized, route, digest
 
@@ -148,6 +155,8 @@ def query_submit(
     no_cache: bool = False,
     prompt: Prompt | None = None,
     api: str = API_NATIVE,
+    session_id: str | None = None,
+    history: History | None = None,
 ) -> Submission:
     """Answer from the cache, join an identical in-flight job, or queue a new one.
 
@@ -155,14 +164,22 @@ def query_submit(
     calls make exactly one Job: the in-flight mark is claimed with SET NX before the Job row exists.
     ``prompt`` carries content blocks and a system prompt (queries.prompts); ``query`` is then its
     text unless given. Without one, ``query`` is the whole prompt, as it always was.
+
+    A turn of a conversation (queries.services.sessions) continues the session ``session_id`` names
+    (native; NotFound when the caller may not), or, for ``history`` (a /v1 request's turns, whose
+    last user message ends ``prompt``), the session its earlier turns match, if any.
     """
     if api not in APIS:
         raise ValueError(f"unknown api {api!r}")
     if prompt is not None and not query:
         query = prompt.text()
     quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
+    if history is not None:
+        continuation = sessions.continuation_of_history(history=history, api_key=api_key)
+    else:
+        continuation = sessions.continuation_native(session_id=session_id, api_key=api_key)
     normalized, route, digest = _query_route_and_hash(
-        api_key=api_key, query=query, model=model, prompt=prompt
+        api_key=api_key, query=query, model=model, prompt=prompt, lineage=continuation.hash_scope
     )
     redis = redis_client()
     request_fields = _request_fields(
@@ -223,6 +240,7 @@ def query_submit(
             redis=redis,
             request_fields=request_fields,
             prompt=prompt,
+            job_fields=continuation.job_fields(),
         )
     raise Overloaded("Could not settle an identical in-flight query; try again.")
 
@@ -315,11 +333,13 @@ def _submit_new_job(
     no_cache: bool,
     redis: Redis,
     request_fields: dict[str, Any],
+    job_fields: dict[str, Any],
     prompt: Prompt | None = None,
 ) -> Submission:
     # Autocommit: the row is visible at once to identical submissions waiting in _wait_for_job.
     try:
         job = Job.objects.create(
+            **job_fields,
             id=job_id,
             hash=query_hash,
             query=request_fields["query"],

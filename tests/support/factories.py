@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import factory
 from django.utils import timezone
 
-from queries.models import ApiKey, Job, QueryRequest
+from queries.models import ApiKey, Job, QueryRequest, Session
 
 
 class ApiKeyFactory(factory.django.DjangoModelFactory):
@@ -64,3 +64,17 @@ def backdate(obj: Job | QueryRequest, when: datetime) -> None:
     """created_at is auto_now_add: set it after the insert."""
     type(obj).objects.filter(pk=obj.pk).update(created_at=when)
     obj.created_at = when
+
+
+class SessionFactory(factory.django.DjangoModelFactory):
+    """A kept CLI session of an answered turn."""
+
+    class Meta:
+        model = Session
+
+    cli_session_id = factory.Faker("uuid4")
+    job = factory.SubFactory(JobFactory)
+    lineage_hash = factory.Sequence(lambda n: f"{n:064x}")
+    size_bytes = 8
+    content = b'{"x":1}\n'
+    expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(days=7))
