@@ -131,6 +131,8 @@ class Job(models.Model):
         QUEUE_UNAVAILABLE = "queue_unavailable"
         MCP_UNAVAILABLE = "mcp_unavailable"
         INTERNAL_ERROR = "internal_error"
+        UPSTREAM_AUTH = "upstream_auth"
+        UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 
     FINISHED_STATES = (State.COMPLETED, State.FAILED, State.CANCELLED)
 

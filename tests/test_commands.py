@@ -10,6 +10,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -245,6 +246,13 @@ def test_check_claude_reports_the_real_cli_not_logged_in(real_claude, monkeypatc
     monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
     with pytest.raises(CommandError, match=r"did not answer \(cli_error\).*Not logged in"):
         run("check_claude", "--timeout", "30")
+
+
+def test_check_claude_reports_an_upstream_401_as_not_authorised_in_seconds(real_claude):
+    started = time.monotonic()
+    with pytest.raises(CommandError, match=r"did not answer \(upstream_auth\).*not authorised.*HTTP 401"):
+        run("check_claude", "--prompt", "[[mock:error=401]] ok")
+    assert time.monotonic() - started < 10
 
 
 def test_check_claude_reports_a_missing_binary(settings, tmp_path):
