@@ -70,8 +70,9 @@ def run_claude(
     ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
     every 0.2 s and, when it returns True, the run is stopped like a timeout. ``on_event(event)``
     gets each text delta and tool start or end as the CLI prints it (claude_cli.streamjson).
-    ``on_upstream(failure)`` gets each failed upstream request the CLI reports before retrying it
-    (claude_cli.upstream); when it returns True the run is stopped (``upstream_unavailable``).
+    ``on_upstream(failure)`` gets each failed upstream request the CLI reports: before retrying it,
+    and the one a failed result names (claude_cli.upstream); when it returns True the run is
+    stopped (``upstream_unavailable``).
 
     An upstream 401 or 403 stops the run at once (``upstream_auth``): the CLI retries a 401 without
     end, and no retry with the same credentials can succeed.
@@ -202,7 +203,10 @@ def _follow(
 
     assert returncode is not None
     data = parser.result if parser.result is not None else _not_a_result(parser.last_object)
-    final = upstream_failures.from_result(data, parser.limit_reset) or parser.upstream
+    reported = upstream_failures.from_result(data, parser.limit_reset)
+    if reported is not None:
+        halt.seen(reported)  # the run is over; only the caller's count of failures is left to tell
+    final = reported or parser.upstream
     failure = _classify(data, returncode, bytes(parser.head), stderr)
     if failure is None:
         return ClaudeOutcome(True, None, "", data, returncode, stderr, duration, proc.pid)

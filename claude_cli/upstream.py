@@ -29,12 +29,14 @@ _AUTH_STATUSES = frozenset((401, 403))
 @dataclass(frozen=True)
 class UpstreamFailure:
     """One failed upstream request: its kind, HTTP status (None for a connection error), the CLI's
-    name for the error, and when a rate or usage limit resets (epoch seconds) if it said so."""
+    name for the error, when a rate or usage limit resets (epoch seconds) if it said so, and the
+    seconds the CLI will wait before its retry (it honours the upstream's ``retry-after``)."""
 
     kind: UpstreamKind
     status: int | None
     error: str
     reset_at: float | None = None
+    retry_in: float | None = None
 
     def describe(self) -> str:
         status = f"HTTP {self.status}" if self.status is not None else "no HTTP response"
@@ -74,7 +76,9 @@ def from_retry(obj: dict[str, Any], reset_at: float | None = None) -> UpstreamFa
     kind = kind_for(status, error)
     if kind is None:
         return None
-    return UpstreamFailure(kind, status, error, reset_at if kind == "rate_limit" else None)
+    delay = obj.get("retry_delay_ms")
+    retry_in = delay / 1000 if isinstance(delay, int | float) and not isinstance(delay, bool) else None
+    return UpstreamFailure(kind, status, error, reset_at if kind == "rate_limit" else None, retry_in)
 
 
 def from_result(data: dict[str, Any] | None, reset_at: float | None = None) -> UpstreamFailure | None:

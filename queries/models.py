@@ -132,7 +132,6 @@ class Job(models.Model):
         MCP_UNAVAILABLE = "mcp_unavailable"
         INTERNAL_ERROR = "internal_error"
         UPSTREAM_AUTH = "upstream_auth"
-        UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 
     FINISHED_STATES = (State.COMPLETED, State.FAILED, State.CANCELLED)
 

@@ -147,7 +147,9 @@ def test_ready_reports_each_component(web_server, worker_process):
         "redis": "ok",
         "workers": "ok",
         "claude": "ok",
+        "upstream": "ok",
     }
+    assert components["upstream"]["state"] == "closed"
     assert "2.1." in components["claude"]["version"]
     assert all(c["latencyMs"] >= 0 for c in components.values())
 

@@ -6,11 +6,13 @@ from dataclasses import replace
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from redis.exceptions import RedisError
 
 from claude_cli.invocation import ClaudeInvocation
 from claude_cli.runner import run_claude
 from core.health import cli_version
 from queries.pool import runner_config
+from queries.services import breaker_status
 
 PROMPT = "Reply with the single word: ok"
 
@@ -19,7 +21,8 @@ class Command(BaseCommand):
     help = (
         "Check the Claude CLI as workers run it: CLAUDE_BIN is found, reports its version, and answers "
         "a real one-line prompt (one small upstream request). On failure, exits non-zero with the "
-        "reason, e.g. the CLI's own 'Not logged in' when it has no credentials."
+        "reason, e.g. the CLI's own 'Not logged in' when it has no credentials, or upstream_auth when "
+        "the upstream refuses them. Also shows the upstream circuit breaker's state."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -36,6 +39,7 @@ class Command(BaseCommand):
         if version is None:
             raise CommandError(f"{path} did not report a version (`{path} --version` failed).")
         self.stdout.write(f"version: {version}")
+        self.stdout.write(f"breaker: {_breaker_line()}")
 
         config = replace(runner_config(), binary=path, timeout=timeout)
         outcome = run_claude(ClaudeInvocation(prompt=prompt), config)
@@ -48,3 +52,20 @@ class Command(BaseCommand):
             f"took {outcome.duration:.1f} s" + (f", cost ${cost}" if isinstance(cost, int | float) else "")
         )
         self.stdout.write("Claude CLI OK")
+
+
+def _breaker_line() -> str:
+    """The upstream circuit breaker as one line: closed, or each kind it is open for and why."""
+    try:
+        status = breaker_status()
+    except RedisError as exc:
+        return f"unknown (Redis is unavailable: {exc})"
+    if status["state"] == "closed":
+        return "closed"
+    kinds = "; ".join(
+        f"{kind} {k['state']}"
+        + (f" for {k['retryAfter']} s" if k["retryAfter"] else "")
+        + f": {k['message']}"
+        for kind, k in status["kinds"].items()
+    )
+    return f"{status['state']} ({kinds})"
