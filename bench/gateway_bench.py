@@ -17,9 +17,10 @@ QUEUE_CONCURRENCY workers, as scripts/serve runs them. Then it measures:
    included, the CLI and its MCP servers excluded) and the CLI's;
 4. memory (RSS and PSS) per process at rest;
 5. cache hits with wrk at 16 connections, beside a bare Django view (bench/bare_app.py) served by the
-   same gunicorn settings, checking every request was recorded (one QueryRequest row each);
-6. the first streamed token through the native stream beside the bare CLI's first text delta
-   (bench/stream.py; other APIs add rows to its FIRST_TOKEN_APIS);
+   same gunicorn settings, checking every request was recorded (one QueryRequest row each),
+   and cache hits on /v1/messages beside /api/query's (bench/v1.py);
+6. the first streamed token through the native stream, /v1/messages and /v1/chat/completions beside
+   the bare CLI's first text delta (bench/stream.py; bench/v1.py adds the /v1/ rows);
 7. submissions that miss the cache with no worker running (only the submit path), with wrk;
 8. idle native streams held open on queued jobs, with the web's memory and cache hits beside them.
 
@@ -55,6 +56,7 @@ import memory
 import pool
 import stream
 import submit
+import v1  # adds the /v1/ APIs' rows to stream.FIRST_TOKEN_APIS
 from procs import loadavg, say
 from report import machine, report
 from stack import CLAUDE, REPO, Setup, prepare, start_gateway
@@ -74,6 +76,7 @@ WITH_GATEWAY = (
     (None, memory.measure),
     (None, pool.measure),
     ("cache", cache.measure),
+    ("cache", v1.cache_hits),
     ("stream", stream.first_token),
     ("submit", submit.measure),  # stops the workers: only what needs none follows
     ("stream", stream.idle_streams),

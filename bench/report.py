@@ -137,6 +137,28 @@ def cache_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def v1_cache_rows(r: dict[str, Any]) -> list[Row]:
+    ours, native = r["v1_cache"]["v1_messages"], r["v1_cache"]["api_query"]
+    ratio = ours["per_second"] / native["per_second"]
+    clean = ours["non_2xx"] == 0 and ours["socket_errors"] == 0
+    return [
+        row(
+            f"Cache hits, /v1/messages, wrk {r['config']['wrk_connections']} connections",
+            fmt(ours["per_second"], "/s"),
+            f"/api/query: {fmt(native['per_second'], '/s')}",
+            f"{ratio:.2f}×",
+            f"no errors {verdict(clean)}",
+        ),
+        row(
+            "/v1/messages cache-hit latency p50 / p99",
+            f"{fmt(ours['p50_ms'], 'ms')} / {fmt(ours['p99_ms'], 'ms')}",
+            f"/api/query: {fmt(native['p50_ms'], 'ms')} / {fmt(native['p99_ms'], 'ms')}",
+            "",
+            "",
+        ),
+    ]
+
+
 def submission_rows(r: dict[str, Any]) -> list[Row]:
     sub = r["submissions"]
     return [
@@ -264,6 +286,7 @@ SECTIONS = (
     ("latency_rest", latency_rows),
     ("burst", burst_rows),
     ("cache_gateway", cache_rows),
+    ("v1_cache", v1_cache_rows),
     ("submissions", submission_rows),
     ("first_token", first_token_rows),
     ("idle_streams", stream_rows),

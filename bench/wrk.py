@@ -9,7 +9,14 @@ from typing import Any
 from stack import Setup
 
 
-def wrk(setup: Setup, url: str, script: str, name: str, duration: float | None = None) -> dict[str, Any]:
+def wrk(
+    setup: Setup,
+    url: str,
+    script: str,
+    name: str,
+    duration: float | None = None,
+    endpoint: str = "/api/query",
+) -> dict[str, Any]:
     path = setup.tmp / f"{name}.lua"
     path.write_text(script)
     args = setup.args
@@ -23,7 +30,7 @@ def wrk(setup: Setup, url: str, script: str, name: str, duration: float | None =
         "10s",
         "-s",
         str(path),
-        f"{url}/api/query",
+        f"{url}{endpoint}",
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     (setup.tmp / f"{name}.wrk.txt").write_text(done.stdout + done.stderr)
@@ -32,10 +39,10 @@ def wrk(setup: Setup, url: str, script: str, name: str, duration: float | None =
     return parse_wrk(done.stdout)
 
 
-def wrk_warm_up(setup: Setup, url: str, script: str, name: str) -> None:
+def wrk_warm_up(setup: Setup, url: str, script: str, name: str, endpoint: str = "/api/query") -> None:
     """A short wrk run first: gunicorn answers /health once one worker is up, and wrk's connections,
     kept alive for the whole run, would all land on the workers that had finished starting."""
-    wrk(setup, url, script, f"{name}-warm-up", duration=min(2, setup.args.wrk_duration))
+    wrk(setup, url, script, f"{name}-warm-up", duration=min(2, setup.args.wrk_duration), endpoint=endpoint)
 
 
 def _ms(text: str) -> float:

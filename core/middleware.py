@@ -13,13 +13,16 @@ class BodySizeLimitMiddleware:
     """Refuse an oversized body from its Content-Length, before anything reads or parses it.
 
     DRF parsers read the request stream directly, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE alone
-    would not stop them; and Django's own refusal is an HTML page.
+    would not stop them; and Django's own refusal is an HTML page. Paths under
+    REQUEST_MAX_BYTES_EXEMPT have a limit of their own, in their own error shape (the /v1/ APIs).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(settings.REQUEST_MAX_BYTES_EXEMPT):
+            return self.get_response(request)
         raw = request.META.get("CONTENT_LENGTH") or "0"
         try:
             length = int(raw)

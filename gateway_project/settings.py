@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "core",
     "routing",
     "queries",
+    "compat",
     "webhooks",
     "console.apps.ConsoleConfig",
 ]
@@ -71,6 +72,7 @@ MIDDLEWARE = [
     "core.logs.RequestContextMiddleware",
     "core.limits.JsonErrorPagesMiddleware",
     "core.limits.RequestLimitsMiddleware",
+    "compat.limits.V1BodyLimitMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
     "core.middleware.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -161,6 +163,8 @@ QUERY_MAX_CHARS = env_int("QUERY_MAX_CHARS", 100_000, minimum=1)
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 16 * 1024, minimum=2)
 REQUEST_MAX_BYTES = env_int("REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
+# Paths with a body limit of their own (V1_MAX_BODY_BYTES, compat/limits.py).
+REQUEST_MAX_BYTES_EXEMPT = ("/v1/",)
 CACHE_ENABLED = env_bool("CACHE_ENABLED", True)
 CACHE_TTL = env_int("CACHE_TTL", 3600, minimum=1)
 # A cache hit's QueryRequest row goes through the Redis stream journal:requests and is written in
@@ -193,6 +197,21 @@ ADMIN_ENABLED = env_bool("ADMIN_ENABLED", True)
 GATEWAY_REQUIRE_AUTH = env_bool("GATEWAY_REQUIRE_AUTH", True)
 # How long a process may reuse an API key row it read (queries/auth.py); any change to a key ends it.
 API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 60.0, minimum=0.0)
+
+# The /v1/ APIs (README, "/v1 APIs"): Anthropic Messages and OpenAI Chat Completions (compat/).
+# The public Messages API takes bodies up to 32 MB and images up to 5 MB, 100 to a request.
+V1_MAX_BODY_BYTES = env_int("V1_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024)
+V1_MAX_MESSAGES = env_int("V1_MAX_MESSAGES", 1000, minimum=1)
+V1_MAX_IMAGE_BYTES = env_int("V1_MAX_IMAGE_BYTES", 5 * 1024 * 1024, minimum=1)
+V1_MAX_IMAGES = env_int("V1_MAX_IMAGES", 100, minimum=0)
+# System prompt, earlier turns and the last message together, in characters.
+V1_MAX_PROMPT_CHARS = env_int("V1_MAX_PROMPT_CHARS", 1_000_000, minimum=1)
+# What GET /v1/models lists and the only models a /v1/ call may name (empty: any model).
+V1_MODELS = env_list("V1_MODELS", ["claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"])
+# A stream's keep-alive (Anthropic ping events, OpenAI SSE comments) while its job waits or runs.
+V1_PING_SECONDS = env_float("V1_PING_SECONDS", 10.0, minimum=0.05)
+# How long a /v1/ call waits for its job before it answers 504 (the job goes on and is cached).
+V1_MAX_WAIT_SECONDS = env_float("V1_MAX_WAIT_SECONDS", 600.0, minimum=0.1)
 
 # Security and limits (README, "Security and limits")
 # "key": cached answers and in-flight jobs are shared only among one key's own submissions.
@@ -297,6 +316,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "queries.schema.add_plain_django_paths",
+        "compat.schema.add_v1_paths",
     ],
 }
 

@@ -59,6 +59,9 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
         "Gateway CPU per job",
         "Memory per warm CLI",
         "First streamed token p50, native",
+        "First streamed token p50, /v1/messages",
+        "First streamed token p50, /v1/chat/completions",
+        "Cache hits, /v1/messages",
         "Idle streams held open on queued jobs",
         "Cache hits on /api/query with the streams open",
         "Load average at start",
@@ -75,6 +78,7 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
     assert raw["burst"]["clis_reaped"] >= raw["burst"]["n"]  # each job took a CLI of its own
     assert raw["memory"]["warm_clis"]["count"] >= raw["config"]["concurrency"]
     assert raw["first_token"]["native"]["n"] == raw["first_token"]["bare"]["n"] > 0
+    assert raw["v1_cache"]["v1_messages"]["requests"] > 0 and raw["v1_cache"]["v1_messages"]["non_2xx"] == 0
     streams = raw["idle_streams"]
     assert streams["opened"] == streams["open_at_end"] == streams["n"] > 0
     assert streams["cache_hits_per_second"] > 0 and streams["cache_hits_non_2xx"] == 0
