@@ -157,3 +157,33 @@ def test_ready_the_dashboard_and_metrics_show_the_breaker(admin_client):
         for sample in family.samples
     }
     assert gauges == {"auth": 0.0, "rate_limit": 0.0, "overloaded": 1.0, "network": 0.0}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("failure", "status"), [(OVERLOADED, 529), (RATE_LIMITED, 429)])
+def test_the_v1_apis_refuse_in_their_own_shapes(api_key, failure, status):
+    open_breaker(failure)
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    anthropic = Client().post(
+        "/v1/messages",
+        {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": messages},
+        content_type="application/json",
+        HTTP_X_API_KEY=api_key[1],
+    )
+    assert anthropic.status_code == status, anthropic.content
+    body = anthropic.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == ("overloaded_error" if status == 529 else "rate_limit_error")
+    assert int(anthropic["retry-after"]) >= 1
+
+    chat = Client().post(
+        "/v1/chat/completions",
+        {"model": "claude-sonnet-4-5", "messages": messages},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key[1]}",
+    )
+    assert chat.status_code == status, chat.content
+    error = chat.json()["error"]
+    assert error["code"] == ("overloaded" if status == 529 else "rate_limit_exceeded")
+    assert int(chat["retry-after"]) >= 1
+    assert Job.objects.count() == 0

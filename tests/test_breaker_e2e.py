@@ -1,14 +1,18 @@
 """The upstream circuit breaker end to end: gunicorn, a real rq worker, the real claude CLI against
-the mock Anthropic API in an outage (every request answered 529 or 429), then its end."""
+the mock Anthropic API in an outage (every request answered 529 or 429), then its end; refusals
+on the native API and, through the official SDKs, on /v1/."""
 
 from __future__ import annotations
 
 import time
 
+import anthropic
+import openai
 import pytest
 
 from queries.models import Job
 from tests.support.processes import group_members
+from tests.support.v1 import MODEL, anthropic_client, openai_client, user
 from tests.support.waiting import wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -25,11 +29,11 @@ def breaker_state(http) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("outage", "kind", "status", "error_type"),
-    [(529, "overloaded", 503, "overloaded_error"), (429, "rate_limit", 429, "rate_limit_error")],
+    ("outage", "kind", "status", "error_type", "v1_status"),
+    [(529, "overloaded", 503, "overloaded_error", 529), (429, "rate_limit", 429, "rate_limit_error", 429)],
 )
 def test_an_outage_opens_the_breaker_holds_the_job_and_refuses_new_ones_until_a_probe_answers(
-    http, worker_process, mock, outage, kind, status, error_type
+    http, api_key, worker_process, mock, outage, kind, status, error_type, v1_status
 ):
     worker_process(env=BREAKER_ENV)
     mock.outage = outage
@@ -63,7 +67,22 @@ def test_an_outage_opens_the_breaker_holds_the_job_and_refuses_new_ones_until_a_
     assert refused.json()["error"]["type"] == error_type
     assert refused.json()["error"]["details"]["reason"] == f"upstream_{kind}"
     assert int(refused.headers["Retry-After"]) >= 1
-    assert Job.objects.count() == 1  # no job, so no CLI, for the refused query
+    # The /v1/ APIs refuse in their own shapes, as the official SDKs read them.
+    with pytest.raises(anthropic.APIStatusError) as refused_anthropic:
+        anthropic_client(http.base, api_key[1]).messages.create(
+            model=MODEL, max_tokens=64, messages=user("What is 5+5?")
+        )
+    assert refused_anthropic.value.status_code == v1_status
+    assert refused_anthropic.value.body["error"]["type"] == error_type
+    assert int(refused_anthropic.value.response.headers["retry-after"]) >= 1
+    with pytest.raises(openai.APIStatusError) as refused_openai:
+        openai_client(http.base, api_key[1]).chat.completions.create(
+            model=MODEL, messages=user("What is 6+6?")
+        )
+    assert refused_openai.value.status_code == v1_status
+    assert refused_openai.value.type == ("rate_limit_error" if outage == 429 else "server_error")
+    assert int(refused_openai.value.response.headers["retry-after"]) >= 1
+    assert Job.objects.count() == 1  # no job, so no CLI, for any refused query
     metrics = http.get(f"{http.base}/metrics", timeout=30).text
     assert f'claude_upstream_breaker_open{{kind="{kind}"}} 1.0' in metrics
 
