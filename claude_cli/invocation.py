@@ -10,16 +10,20 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-CliErrorType = Literal["cli_timeout", "cli_error", "cli_output_invalid", "cli_not_found", "cancelled"]
-CLI_ERROR_TYPES: tuple[CliErrorType, ...] = (
+from claude_cli.upstream import UpstreamFailure
+
+CliErrorType = Literal[
     "cli_timeout",
     "cli_error",
     "cli_output_invalid",
     "cli_not_found",
     "cancelled",
-)
+    "upstream_auth",
+    "upstream_unavailable",
+]
+CLI_ERROR_TYPES: tuple[CliErrorType, ...] = get_args(CliErrorType)
 
 NONESSENTIAL_TRAFFIC_VAR = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
 DEFAULT_MAX_OUTPUT_BYTES = 10 * 1024 * 1024
@@ -111,6 +115,8 @@ class ClaudeOutcome:
     stderr: str
     duration: float
     pid: int | None
+    # The last failed upstream request the CLI reported (retried or final), whatever the outcome.
+    upstream: UpstreamFailure | None = None
 
 
 STREAM_ARGS = (

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from claude_cli import upstream as upstream_failures
 from claude_cli.invocation import (
     ClaudeInvocation,
     ClaudeOutcome,
@@ -39,6 +40,7 @@ from claude_cli.process import (
     wait_step,
 )
 from claude_cli.streamjson import Event, StreamJsonParser
+from claude_cli.upstream import UpstreamFailure
 from claude_cli.warm import WarmProcess
 
 logger = logging.getLogger(__name__)
@@ -62,12 +64,19 @@ def run_claude(
     should_cancel: Callable[[], bool] | None = None,
     warm: WarmProcess | None = None,
     on_event: Callable[[Event], None] | None = None,
+    on_upstream: Callable[[UpstreamFailure], bool] | None = None,
 ) -> ClaudeOutcome:
     """Run the CLI once and report what happened.
 
     ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
     every 0.2 s and, when it returns True, the run is stopped like a timeout. ``on_event(event)``
     gets each text delta and tool start or end as the CLI prints it (claude_cli.streamjson).
+    ``on_upstream(failure)`` gets each failed upstream request the CLI reports: before retrying it,
+    and the one a failed result names (claude_cli.upstream); when it returns True the run is
+    stopped (``upstream_unavailable``).
+
+    An upstream 401 or 403 stops the run at once (``upstream_auth``): the CLI retries a 401 without
+    end, and no retry with the same credentials can succeed.
 
     The prompt goes to the CLI's stdin as one stream-json ``user`` message, then stdin is closed.
 
@@ -76,16 +85,21 @@ def run_claude(
     process-group cleanup are the same. If it exited before it could take the prompt, a cold start
     happens instead.
     """
-    parser = StreamJsonParser(max_line_bytes=config.max_output_bytes, on_event=on_event)
+    halt = _Halt(on_upstream)
+    parser = StreamJsonParser(
+        max_line_bytes=config.max_output_bytes, on_event=on_event, on_upstream=halt.seen
+    )
     if warm is not None:
-        outcome = _run_warm(invocation, config, warm, parser, on_start=on_start, should_cancel=should_cancel)
+        outcome = _run_warm(
+            invocation, config, warm, parser, halt, on_start=on_start, should_cancel=should_cancel
+        )
         if outcome is not None:
             return outcome
     with invocation_files(invocation) as (mcp_config_path, system_prompt_path):
         argv = build_cold_argv(
             invocation, config, mcp_config_path=mcp_config_path, system_prompt_path=system_prompt_path
         )
-        return _run(invocation, config, argv, parser, on_start=on_start, should_cancel=should_cancel)
+        return _run(invocation, config, argv, parser, halt, on_start=on_start, should_cancel=should_cancel)
 
 
 def _run(
@@ -93,6 +107,7 @@ def _run(
     config: RunnerConfig,
     argv: list[str],
     parser: StreamJsonParser,
+    halt: _Halt,
     *,
     on_start: Callable[[int], None] | None,
     should_cancel: Callable[[], bool] | None,
@@ -115,7 +130,7 @@ def _run(
         )
     else:
         streams = Streams(proc.stdout, proc.stderr, parser)
-    return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
+    return _follow(proc, streams, config, started, halt, on_start=on_start, should_cancel=should_cancel)
 
 
 def _run_warm(
@@ -123,6 +138,7 @@ def _run_warm(
     config: RunnerConfig,
     warm: WarmProcess,
     parser: StreamJsonParser,
+    halt: _Halt,
     *,
     on_start: Callable[[int], None] | None,
     should_cancel: Callable[[], bool] | None,
@@ -139,7 +155,7 @@ def _run_warm(
         warm.proc.stdout, warm.proc.stderr, parser, stdin=warm.proc.stdin, data=invocation.user_message_line()
     )
     try:
-        return _follow(proc, streams, config, started, on_start=on_start, should_cancel=should_cancel)
+        return _follow(proc, streams, config, started, halt, on_start=on_start, should_cancel=should_cancel)
     finally:
         # The CLI is gone (or its group was killed): it no longer needs its MCP configuration.
         warm.remove_config()
@@ -152,6 +168,7 @@ def _follow(
     streams: Streams,
     config: RunnerConfig,
     started: float,
+    halt: _Halt,
     *,
     on_start: Callable[[int], None] | None,
     should_cancel: Callable[[], bool] | None,
@@ -161,7 +178,7 @@ def _follow(
     try:
         if on_start is not None:
             on_start(proc.pid)
-        stop_reason = _supervise(proc, streams, config, should_cancel, started)
+        stop_reason = _supervise(proc, streams, config, should_cancel, started, halt)
         exited_by_itself = proc.poll() is not None
         if stop_reason is not None:
             stop_group(proc, pgid, streams, grace=config.kill_grace)
@@ -183,23 +200,47 @@ def _follow(
     stderr = streams.stderr_text()
     duration = time.monotonic() - started
     returncode = proc.poll()
-    if stop_reason is not None:
-        error_type, message = _stop_message(stop_reason, config, duration)
-        exit_code = returncode if exited_by_itself else None
-        return ClaudeOutcome(False, error_type, message, None, exit_code, stderr, duration, proc.pid)
-
-    assert returncode is not None
     parser = streams.sink
     assert isinstance(parser, StreamJsonParser)
+    if stop_reason is not None:
+        error_type, message = _stop_message(stop_reason, config, duration, halt.failure)
+        exit_code = returncode if exited_by_itself else None
+        return ClaudeOutcome(
+            False, error_type, message, None, exit_code, stderr, duration, proc.pid, parser.upstream
+        )
+
+    assert returncode is not None
     data = parser.result if parser.result is not None else _not_a_result(parser.last_object)
+    reported = upstream_failures.from_result(data, parser.limit_reset)
+    if reported is not None:
+        halt.seen(reported)  # the run is over; only the caller's count of failures is left to tell
+    final = reported or parser.upstream
     failure = _classify(data, returncode, bytes(parser.head), stderr)
     if failure is None:
         return ClaudeOutcome(True, None, "", data, returncode, stderr, duration, proc.pid)
     error_type, message = failure
-    return ClaudeOutcome(False, error_type, message, data, returncode, stderr, duration, proc.pid)
+    return ClaudeOutcome(False, error_type, message, data, returncode, stderr, duration, proc.pid, final)
 
 
-_StopReason = Literal["timeout", "cancelled", "overflow"]
+class _Halt:
+    """Why a run must stop for its upstream: an authentication failure, or ``on_upstream`` said so."""
+
+    def __init__(self, on_upstream: Callable[[UpstreamFailure], bool] | None) -> None:
+        self._on_upstream = on_upstream
+        self.failure: UpstreamFailure | None = None
+        self.reason: _StopReason | None = None
+
+    def seen(self, failure: UpstreamFailure) -> None:
+        stop = self._on_upstream(failure) if self._on_upstream is not None else False
+        if self.reason is not None:
+            return
+        if failure.kind == "auth":
+            self.failure, self.reason = failure, "upstream_auth"
+        elif stop:
+            self.failure, self.reason = failure, "upstream_unavailable"
+
+
+_StopReason = Literal["timeout", "cancelled", "overflow", "upstream_auth", "upstream_unavailable"]
 
 
 def _supervise(
@@ -208,6 +249,7 @@ def _supervise(
     config: RunnerConfig,
     should_cancel: Callable[[], bool] | None,
     started: float,
+    halt: _Halt,
 ) -> _StopReason | None:
     """Read output until the CLI exits (None) or must be stopped (the reason)."""
     deadline = started + config.timeout
@@ -219,6 +261,8 @@ def _supervise(
             return "overflow"
         if proc.poll() is not None:
             return None
+        if halt.reason is not None:
+            return halt.reason
         now = time.monotonic()
         if now >= deadline:
             return "timeout"
@@ -232,7 +276,13 @@ def _failure(error_type: CliErrorType, message: str, *, started: float) -> Claud
     return ClaudeOutcome(False, error_type, message, None, None, "", time.monotonic() - started, None)
 
 
-def _stop_message(reason: _StopReason, config: RunnerConfig, duration: float) -> tuple[CliErrorType, str]:
+def _stop_message(
+    reason: _StopReason, config: RunnerConfig, duration: float, failure: UpstreamFailure | None
+) -> tuple[CliErrorType, str]:
+    if reason in ("upstream_auth", "upstream_unavailable"):
+        error_type: CliErrorType = "upstream_auth" if reason == "upstream_auth" else "upstream_unavailable"
+        what = failure.describe() if failure is not None else "the upstream failed"
+        return error_type, f"Upstream: {what}; the Claude CLI was stopped instead of retrying"
     if reason == "timeout":
         return "cli_timeout", f"Claude CLI did not finish within {config.timeout:g} seconds and was stopped"
     if reason == "cancelled":
@@ -268,6 +318,10 @@ def _classify(
     cli_text = result if isinstance(result, str) else ""
     subtype = data.get("subtype")
     api_status = data.get("api_error_status")
+    if data.get("is_error") and upstream_failures.kind_for(api_status) == "auth" and api_status is not None:
+        return "upstream_auth", _with_detail(
+            f"Upstream not authorised (HTTP {api_status}): the credentials were refused", cli_text
+        )
     if data.get("is_error"):
         # The CLI's own words ("Not logged in · Please run /login", "API Error: 400 ...") say it best.
         return "cli_error", _shorten(cli_text) or _exit_message(exit_code, stderr)

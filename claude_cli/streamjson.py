@@ -9,8 +9,10 @@ the events a client needs, as plain dicts:
 - ``{"type": "tool", "name": name, "phase": "start"}`` when a ``tool_use`` block starts, and
   ``"phase": "end"`` when its ``tool_result`` comes back;
 
-and keeps the ``result`` object. Only the line being read is held in memory: a line longer than
-``max_line_bytes`` marks the output as overflowed and is dropped, the rest of it read and discarded.
+and keeps the ``result`` object. Each failed upstream request that the CLI reports (``system``
+``api_retry`` lines, claude_cli.upstream) goes to ``on_upstream`` and is kept as ``upstream``.
+Only the line being read is held in memory: a line longer than ``max_line_bytes`` marks the
+output as overflowed and is dropped, the rest of it read and discarded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+
+from claude_cli import upstream as upstream_failures
+from claude_cli.upstream import UpstreamFailure
 
 Event = dict[str, Any]
 HEAD_BYTES = 2048
@@ -32,9 +37,16 @@ class StreamJsonParser:
     CLAUDE_EXTRA_ARGS) is one line, so it is read the same way.
     """
 
-    def __init__(self, *, max_line_bytes: int, on_event: Callable[[Event], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_line_bytes: int,
+        on_event: Callable[[Event], None] | None = None,
+        on_upstream: Callable[[UpstreamFailure], None] | None = None,
+    ) -> None:
         self._max = max_line_bytes
         self._on_event = on_event
+        self._on_upstream = on_upstream
         self._line = bytearray()
         self._skipping = False  # inside a line past the cap, until its newline
         self._running: dict[str, str] = {}  # tool_use id → name, until its result
@@ -43,6 +55,9 @@ class StreamJsonParser:
         self.last_object: Any = None
         self.overflowed = False
         self.size = 0
+        # The last failed upstream request the CLI reported, and a usage limit's reset time.
+        self.upstream: UpstreamFailure | None = None
+        self.limit_reset: float | None = None
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -95,6 +110,14 @@ class StreamJsonParser:
                 self._stream_event(event)
         elif kind == "user" and obj.get("parent_tool_use_id") is None:
             self._tool_results(obj.get("message"))
+        elif kind == "system" and obj.get("subtype") == "api_retry":
+            failure = upstream_failures.from_retry(obj, self.limit_reset)
+            if failure is not None:
+                self.upstream = failure
+                if self._on_upstream is not None:
+                    self._on_upstream(failure)
+        elif kind == "rate_limit_event":
+            self.limit_reset = upstream_failures.limit_reset(obj) or self.limit_reset
 
     def _stream_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -136,6 +136,8 @@ JOB_FAILURE_STATUS: dict[str, int] = {
     "queue_unavailable": 529,
     "mcp_unavailable": 500,
     "internal_error": 500,
+    # The upstream refused the gateway's own credentials: the gateway's fault, not the caller's key.
+    "upstream_auth": 500,
 }
 
 

@@ -30,11 +30,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
         405: "Method not allowed on this path.",
         413: "Body, messages or prompt over the /v1/ limits.",
         414: "The URL is longer than the gateway accepts.",
-        429: "The key's rate, concurrency or budget limit (with `retry-after`), or its job was refused.",
+        429: "The key's rate, concurrency or budget limit, or the upstream breaker open for a rate limit "
+        "(with `retry-after`), or its job was refused.",
         431: "The request headers are larger than the gateway accepts.",
         500: "The job failed (see the message: the job failure type).",
         504: "The CLI timed out, or no answer within V1_MAX_WAIT_SECONDS.",
-        529: "The queue is unavailable (overloaded_error).",
+        529: "The queue is unavailable, or the upstream circuit breaker is open (overloaded_error).",
     }
     out = {str(status): _json(descriptions[status], _ERROR) for status in statuses}
     for status in (429, 529):

@@ -40,7 +40,12 @@ class GatewayAdminSite(admin.AdminSite):
         try:
             # The cache count walks Redis's keyspace; it is on the cache page, not on every index load.
             figures = services.dashboard_figures(include_cache=False)
-            context.update(dashboard=figures, charts=dashboard_charts(figures), **times_for_people(figures))
+            context.update(
+                dashboard=figures,
+                charts=dashboard_charts(figures),
+                breaker=services.breaker_status(),
+                **times_for_people(figures),
+            )
         except RedisError as exc:
             context["dashboard_error"] = f"Redis is unavailable: {exc}"
         return super().index(request, {**context, **(extra_context or {})})

@@ -266,6 +266,11 @@ CLAUDE_WORKDIR = Path(
     )
 ).expanduser()
 CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC = env_bool("CLAUDE_DISABLE_NONESSENTIAL_TRAFFIC", True)
+# The upstream circuit breaker (queries/services/breaker.py): failures in a row of one kind that open
+# it, and for how long (seconds) before one probe job may close it.
+BREAKER_ENABLED = env_bool("BREAKER_ENABLED", True)
+BREAKER_THRESHOLD = env_int("BREAKER_THRESHOLD", 3, minimum=1)
+BREAKER_COOLDOWN = env_float("BREAKER_COOLDOWN", 30.0, minimum=0.1)
 # Warm CLI pool (queries/pool.py): CLIs each worker process keeps started per model and MCP server
 # set, how old one may get before it is replaced (s), and how many such keys a worker keeps warm.
 CLAUDE_POOL_SIZE = env_int("CLAUDE_POOL_SIZE", 1, minimum=0, maximum=16)

@@ -137,6 +137,7 @@ class Job(models.Model):
         QUEUE_UNAVAILABLE = "queue_unavailable"
         MCP_UNAVAILABLE = "mcp_unavailable"
         INTERNAL_ERROR = "internal_error"
+        UPSTREAM_AUTH = "upstream_auth"
 
     FINISHED_STATES = (State.COMPLETED, State.FAILED, State.CANCELLED)
     ACTIVE_STATES = (State.QUEUED, State.RUNNING)

@@ -214,11 +214,15 @@ QUERY_CREATE: dict[str, Any] = {
         415: _error("The body is not `application/json`."),
         429: _error(
             "A per-key quota refused the query: `details.reason` is `rate_limit`, `concurrency_limit` "
-            "or `budget_exceeded`. Cache hits are served even over budget or at the concurrency limit."
+            "or `budget_exceeded`. Cache hits are served even over budget or at the concurrency limit. "
+            "`upstream_rate_limit`: the upstream circuit breaker is open for a rate limit (`Retry-After`)."
         ),
         431: ERROR_431,
         500: ERROR_500,
-        503: _error("Redis (cache, queue or quotas) is unavailable; try again shortly."),
+        503: _error(
+            "Redis (cache, queue or quotas) is unavailable; or the upstream circuit breaker is open "
+            "(`details.reason` `upstream_<kind>`, `Retry-After`). Try again shortly."
+        ),
     },
     "examples": [
         OpenApiExample(

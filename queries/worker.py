@@ -27,13 +27,16 @@ from core.db import connections_drop_broken
 from queries import services, signals
 from queries.outage import RedisOutageMixin, SafeStopMixin, WorkerStopping
 from queries.pool import CliPoolWorkerMixin
-from queries.services import journal
+from queries.services import breaker, journal
 
 logger = logging.getLogger(__name__)
 
 RUN_JOB = "queries.tasks.run_job"
 # Running jobs must have run this long before the sweep may judge their worker gone.
 SWEEP_GRACE = 60.0
+# How often a worker holding jobs for the breaker looks at it again, and sends its heartbeat.
+_HOLD_POLL = 0.25
+_HOLD_HEARTBEAT = 5.0
 
 
 class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker):
@@ -90,6 +93,28 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
         # The work horse's parent heartbeats between its checks on the horse.
         self.job_monitoring_interval = settings.WORKER_HEARTBEAT_INTERVAL
         self._fail_orphaned_jobs()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        # While the upstream breaker is open, take no job: queued jobs wait in their queues instead of
+        # burning a CLI run each. Half-open, one worker at a time takes the probe (services.breaker).
+        breaker.breaker_probe_release(holder=self.name)
+        holding_since: float | None = None
+        next_heartbeat = 0.0
+        while not breaker.breaker_worker_admit(holder=self.name):
+            if holding_since is None:
+                holding_since = time.monotonic()
+                self.log.warning("Worker %s: upstream circuit breaker open; holding queued jobs", self.name)
+                self.procline("Holding: upstream circuit breaker open")
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + _HOLD_HEARTBEAT
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+            time.sleep(_HOLD_POLL)
+        if holding_since is not None:
+            held = time.monotonic() - holding_since
+            self.log.info("Worker %s: taking jobs again after holding for %.1f s", self.name, held)
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def _fail_orphaned_jobs(self) -> None:
         try:

@@ -18,6 +18,9 @@ Behaviour is chosen by directives in the text of the last user message:
   event (``invalid_request_error``) instead of the rest of the message; the CLI retries such a
   stream without streaming, and that request gets a 400
 
+``outage`` (an HTTP status, set on the server object) makes every Messages request fail with it
+until it is set back to None, whatever the prompt says: an upstream outage, and its end.
+
 ``received()`` tells what upstream got, request by request: the system prompt, the messages (role
 and content blocks, images as ``{"type": "image", "media_type", "bytes"}``) and their number.
 
@@ -505,6 +508,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, error_body(400, f"mock: invalid JSON body: {exc}"))
             return
         self.mock._record_request(body)
+        outage = self.mock.outage
+        if outage is not None:
+            self._send_json(outage, error_body(outage, "mock: upstream outage"))
+            return
         turn = Turn.from_body(body)
         delay = sleep_seconds(turn)
         if delay and self.mock._stopping.wait(delay):
@@ -607,6 +614,7 @@ class MockAnthropic:
         self._message_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self._stopping = threading.Event()
+        self.outage: int | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -642,6 +650,7 @@ class MockAnthropic:
             self.requests.clear()
             self._hits.clear()
             self._cached_prefixes.clear()
+            self.outage = None
 
     def _input_usage(self, body: dict[str, Any]) -> dict[str, int] | None:
         if not self.prompt_cache:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -233,7 +235,7 @@ def test_cancel_job_failures(redis_db):
 def test_check_claude_runs_a_real_prompt_through_the_real_cli(real_claude):
     out, _ = run("check_claude")
     assert "binary:   " in out and "node_modules" in out
-    assert "version:  2." in out
+    assert "version:  2." in out and "breaker:  closed" in out
     assert f"endpoint: {real_claude.url} (ANTHROPIC_BASE_URL)" in out
     assert "account:  ANTHROPIC_API_KEY ****" in out and "sk-test-mock" not in out  # too short to hint
     assert "answer:   echo: Reply with the single word: ok" in out  # the mock echoes what it was asked
@@ -272,6 +274,26 @@ def test_check_claude_reports_the_real_cli_not_logged_in(real_claude, monkeypatc
     monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
     with pytest.raises(CommandError, match=r"did not answer \(cli_error\).*Not logged in"):
         run("check_claude", "--timeout", "30")
+
+
+def test_check_claude_shows_an_open_breaker(real_claude, settings):
+    from claude_cli.upstream import UpstreamFailure
+    from queries.services import breaker
+
+    settings.BREAKER_THRESHOLD = 1
+    breaker.breaker_failure(UpstreamFailure("overloaded", 529, "overloaded"))
+    try:
+        out, _ = run("check_claude")
+    finally:
+        breaker.breaker_success()
+    assert re.search(r"breaker: open \(overloaded open for \d+ s: the upstream is overloaded", out), out
+
+
+def test_check_claude_reports_an_upstream_401_as_not_authorised_in_seconds(real_claude):
+    started = time.monotonic()
+    with pytest.raises(CommandError, match=r"did not answer \(upstream_auth\).*not authorised.*HTTP 401"):
+        run("check_claude", "--prompt", "[[mock:error=401]] ok")
+    assert time.monotonic() - started < 10
 
 
 def test_check_claude_reports_a_missing_binary(settings, tmp_path):

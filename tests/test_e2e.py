@@ -92,20 +92,20 @@ def test_upstream_api_error_fails_the_job_with_cli_error(http, worker_process, m
     assert redis_client().get(f"dedup:{job.hash}") is None
 
 
-def test_upstream_401_hangs_the_cli_until_the_timeout_and_leaves_no_process(http, worker_process, mock):
-    worker_process(env={"CLAUDE_TIMEOUT": "4", "CLAUDE_KILL_GRACE": "1"})
-    job_id = submit(http, {"query": "[[mock:error=401]] hello"}).json()["jobId"]
-    job = wait_for(
-        lambda: Job.objects.filter(id=job_id, cli_pid__isnull=False).first(),
-        timeout=30,
-        message="the CLI to start",
-    )
-    assert group_members(job.cli_pid), "the CLI should be running while the upstream refuses it"
-    body = wait_finished(http, job_id)
-    assert body["state"] == "failed" and body["error"]["type"] == "cli_timeout"
-    assert "4" in body["error"]["message"]
-    assert group_members(job.cli_pid) == []
-    job.refresh_from_db()
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_upstream_401_or_403_fails_fast_as_upstream_auth_and_leaves_no_process(
+    http, worker_process, mock, status
+):
+    # The real CLI retries a 401 without end (CLAUDE_TIMEOUT would end it after 120 s); it reports
+    # each retry as an api_retry line, on which the runner stops it.
+    worker_process()
+    job_id = submit(http, {"query": f"[[mock:error={status}]] hello"}).json()["jobId"]
+    body = wait_finished(http, job_id, timeout=60)
+    assert body["state"] == "failed" and body["error"]["type"] == "upstream_auth", body
+    assert "not authorised" in body["error"]["message"] and str(status) in body["error"]["message"]
+    job = Job.objects.get(id=job_id)
+    assert (job.finished_at - job.started_at).total_seconds() < 10
+    assert job.cli_pid and group_members(job.cli_pid) == []
     assert redis_client().get(f"claude:{job.hash}") is None
     assert redis_client().get(f"dedup:{job.hash}") is None
 
@@ -147,7 +147,9 @@ def test_ready_reports_each_component(web_server, worker_process):
         "redis": "ok",
         "workers": "ok",
         "claude": "ok",
+        "upstream": "ok",
     }
+    assert components["upstream"]["state"] == "closed"
     assert "2.1." in components["claude"]["version"]
     assert all(c["latencyMs"] >= 0 for c in components.values())
 

@@ -460,7 +460,7 @@ def test_the_real_cli_warm_in_a_horse_reports_upstream_errors_and_timeouts(mock,
 
     warm = start_warm(ClaudeInvocation(prompt=""), config)
     strays.append(warm.pid)
-    outcome = run_in_horse(warm, ClaudeInvocation(prompt="[[mock:error=401]] hang on retries"), config)
+    outcome = run_in_horse(warm, ClaudeInvocation(prompt="[[mock:sleep=30]] hang"), config)
     assert outcome.error_type == "cli_timeout"
     assert group_members(warm.pid) == []
 
@@ -599,7 +599,7 @@ def test_cancelling_a_job_on_a_warm_cli_kills_its_group(http, worker_process, fo
 def test_a_warm_cli_times_out_like_a_cold_one_and_leaves_no_process(http, worker_process, fork):
     worker = worker_process(env={"WORKER_FORK": fork, "CLAUDE_TIMEOUT": "3", "CLAUDE_KILL_GRACE": "1"})
     wait_for(lambda: warm_children(worker.pid), timeout=30, message="a warm CLI")
-    body = submit_and_wait(http, {"query": "[[mock:error=401]] the CLI retries until stopped"})
+    body = submit_and_wait(http, {"query": "[[mock:sleep=30]] the upstream never answers"})
     assert body["state"] == "failed" and body["error"]["type"] == "cli_timeout"
     job = Job.objects.get(id=body["jobId"])
     assert group_members(job.cli_pid) == []

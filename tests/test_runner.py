@@ -295,6 +295,8 @@ def test_error_types_are_the_documented_ones() -> None:
         "cli_output_invalid",
         "cli_not_found",
         "cancelled",
+        "upstream_auth",
+        "upstream_unavailable",
     }
 
 

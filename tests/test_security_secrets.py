@@ -73,7 +73,7 @@ def test_secrets_appear_in_no_log_job_argument_or_error(
             "What is 2+2?",
             "Ask the vault: what is 2+2?",
             "[[mock:error=400]] vault, please",
-            "[[mock:error=401]] vault again",  # the CLI retries a 401 until the timeout
+            "[[mock:sleep=30]] vault again",  # the upstream never answers: the timeout stops the CLI
         ]
         replies = [
             requests.post(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from claude_cli import upstream
 from claude_cli.streamjson import StreamJsonParser
+from claude_cli.upstream import UpstreamFailure
 
 
 def line(obj: dict[str, Any]) -> bytes:
@@ -102,3 +104,61 @@ def test_a_single_object_output_is_one_line_and_garbage_is_not_an_object() -> No
     parser, events = parse(b"this is not json\n[1, 2]\n")
     assert parser.result is None and events == [] and parser.last_object == [1, 2]
     assert bytes(parser.head).startswith(b"this is not json")
+
+
+def retry(status: int | None, error: str, attempt: int = 1) -> bytes:
+    # As claude 2.1.197 prints a failed upstream request it is about to retry.
+    return line(
+        {
+            "type": "system",
+            "subtype": "api_retry",
+            "attempt": attempt,
+            "max_retries": 10,
+            "retry_delay_ms": 600.5,
+            "error_status": status,
+            "error": error,
+        }
+    )
+
+
+def test_api_retry_lines_are_sorted_into_upstream_failure_kinds() -> None:
+    seen: list[UpstreamFailure] = []
+    parser = StreamJsonParser(max_line_bytes=1 << 20, on_upstream=seen.append)
+    for chunk in (
+        retry(401, "authentication_failed"),
+        retry(429, "rate_limit"),
+        retry(529, "overloaded"),
+        retry(500, "server_error"),
+        retry(None, "unknown"),
+        retry(400, "invalid_request"),  # not an upstream trouble the gateway reacts to
+    ):
+        parser.feed(chunk)
+    assert [(f.kind, f.status, f.error) for f in seen] == [
+        ("auth", 401, "authentication_failed"),
+        ("rate_limit", 429, "rate_limit"),
+        ("overloaded", 529, "overloaded"),
+        ("overloaded", 500, "server_error"),
+        ("network", None, "unknown"),
+    ]
+    assert parser.upstream == seen[-1] and seen[-1].retry_in == 0.6005
+    assert "not authorised" in seen[0].describe() and "HTTP 401" in seen[0].describe()
+
+
+def test_a_rejected_rate_limit_event_gives_the_reset_time_of_a_429() -> None:
+    seen: list[UpstreamFailure] = []
+    parser = StreamJsonParser(max_line_bytes=1 << 20, on_upstream=seen.append)
+    parser.feed(line({"type": "rate_limit_event", "rate_limit_info": {"status": "allowed", "resetsAt": 1}}))
+    parser.feed(retry(529, "overloaded"))
+    rejected = {"status": "rejected", "resetsAt": 1.8e9}
+    parser.feed(line({"type": "rate_limit_event", "rate_limit_info": rejected}))
+    parser.feed(retry(429, "rate_limit"))
+    assert [(f.kind, f.reset_at) for f in seen] == [("overloaded", None), ("rate_limit", 1.8e9)]
+    assert "resets at 2027-01-15T08:00:00Z" in seen[1].describe()
+
+
+def test_a_result_with_an_api_error_status_is_an_upstream_failure() -> None:
+    assert upstream.from_result({"is_error": True, "api_error_status": 403, "result": "Failed"}) == (
+        UpstreamFailure("auth", 403, "Failed")
+    )
+    assert upstream.from_result({"is_error": True, "api_error_status": 400, "result": "bad"}) is None
+    assert upstream.from_result({"is_error": False, "api_error_status": 529}) is None

@@ -12,12 +12,14 @@
   workers themselves).
 - ``keys``: API keys.
 - ``stats``: the dashboard's and ``gateway_stats``' figures.
+- ``breaker``: the upstream circuit breaker, shared by every host through Redis.
 - ``workers``: which queue workers are alive (a recent heartbeat, not only a registration).
 
 Redis holds only what can be rebuilt or may expire (cache entries, in-flight marks, queue entries);
 the database is the record of every submission and every execution.
 """
 
+from queries.services.breaker import breaker_status
 from queries.services.cache import (
     CACHE_KEY,
     cache_entry_purge,
@@ -85,6 +87,7 @@ __all__ = [
     "aevents_read",
     "api_key_create",
     "api_key_revoke",
+    "breaker_status",
     "cache_entry_purge",
     "cache_figures",
     "cache_get",

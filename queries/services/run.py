@@ -29,7 +29,7 @@ from core.db import connections_drop_broken
 from core.redis import redis_client
 from queries import pool, quotas, signals
 from queries.models import PRIORITY_QUEUES, Job, QueryRequest
-from queries.services import sessions
+from queries.services import breaker, sessions
 from queries.services.cache import cache_get, cache_put
 from queries.services.dedup import dedup_release
 from queries.services.events import events_append, events_final_append
@@ -44,7 +44,7 @@ CANCEL_KEY = "cancel:{}"
 _queues: dict[str, Any] = {}
 
 
-def job_enqueue(*, job: Job) -> None:
+def job_enqueue(*, job: Job, at_front: bool = False) -> None:
     """Put a job on its priority's rq queue. Only the job id travels: rq's admin shows job arguments.
 
     django-rq defers the enqueue to the end of the surrounding database transaction (COMMIT_MODE
@@ -66,6 +66,7 @@ def job_enqueue(*, job: Job) -> None:
         meta=pool.job_meta(
             model=job.model, servers=job.mcp_servers, resume=job.session_parent_id is not None
         ),
+        at_front=at_front,
     )
 
 
@@ -78,6 +79,12 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
 
     Returns the finished job, or None if another worker had claimed it (or it was cancelled).
     """
+    if breaker.breaker_open():
+        # A worker that was already waiting for work when the breaker opened: leave the job queued.
+        waiting = Job.objects.filter(id=job_id, state=Job.State.QUEUED).first()
+        if waiting is not None:
+            _job_requeue(job=waiting, reason="the upstream circuit breaker is open")
+            return None
     claimed = Job.objects.filter(id=job_id, state=Job.State.QUEUED).update(
         state=Job.State.RUNNING, started_at=timezone.now(), worker_name=_worker_name(), progress=0
     )
@@ -85,6 +92,7 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
         logger.info("job %s was not queued any more; skipping it", job_id)
         return None
     job = Job.objects.get(id=job_id)
+    held = False
     try:
         if job.use_cache and settings.CACHE_ENABLED:
             entry = cache_get(query_hash=job.hash)
@@ -93,13 +101,16 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
         refusal = quotas.job_budget_refusal(job=job)
         if refusal is not None:
             return job_fail(job=job, error_type=Job.ErrorType.BUDGET_EXCEEDED, message=refusal)
-        return _job_execute(job=job)
+        finished = _job_execute(job=job)
+        held = finished.state == Job.State.QUEUED
+        return finished
     except Exception as exc:
         logger.exception("job %s failed inside the gateway", job.id)
         job_fail(job=job, error_type=Job.ErrorType.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        dedup_release(query_hash=job.hash, job_id=job.id)
+        if not held:  # a job queued again keeps its mark: identical submissions still join it
+            dedup_release(query_hash=job.hash, job_id=job.id)
 
 
 def _job_execute(*, job: Job) -> Job:
@@ -136,6 +147,10 @@ def _job_execute(*, job: Job) -> Job:
     connections_drop_broken()
     _record_cli_output(job=job, outcome=outcome)
     metrics.cli_run_observed(job=job, outcome=outcome)
+    if outcome.ok:
+        breaker.breaker_success()
+    elif outcome.error_type == "upstream_unavailable":
+        return _job_hold(job=job, reason=outcome.error_message)
     if not outcome.ok:
         sessions.session_record(job=job, invocation=plan.invocation, config=config, outcome=outcome)
         return job_fail(
@@ -175,6 +190,7 @@ def _run_planned(
                 # A CLI started ahead of time cannot have been started with --resume.
                 warm=None if plan.resumes else pool.pool_claim(invocation=plan.invocation, config=config),
                 on_event=on_event,
+                on_upstream=breaker.breaker_failure,
             )
     except OSError as exc:
         reason = f"the session file could not be restored: {exc}"
@@ -185,6 +201,7 @@ def _run_planned(
             on_start=on_start,
             should_cancel=lambda: job_cancel_requested(job_id=job.id),
             on_event=on_event,
+            on_upstream=breaker.breaker_failure,
         )
 
 
@@ -236,6 +253,32 @@ def _decimal(value: Any) -> Decimal | None:
         return Decimal(str(value)).quantize(Decimal("0.000001"))
     except InvalidOperation:
         return None
+
+
+def _job_hold(*, job: Job, reason: str) -> Job:
+    """The breaker opened while the job's CLI retried: queue the job again instead of failing it.
+
+    It goes back to the front of its queue under a new rq job id (the current rq job is ending);
+    workers take it once the breaker lets them (queries.worker).
+    """
+    Job.objects.filter(id=job.id, state=Job.State.RUNNING).update(
+        state=Job.State.QUEUED, started_at=None, worker_name="", cli_pid=None, progress=0
+    )
+    job.refresh_from_db()
+    metrics.cli_stopped(job_id=job.id)
+    events_append(job.id, {"type": "progress", "state": Job.State.QUEUED, "progress": 0})
+    return _job_requeue(job=job, reason=reason)
+
+
+def _job_requeue(*, job: Job, reason: str) -> Job:
+    job.rq_job_id = str(uuid.uuid4())
+    Job.objects.filter(id=job.id).update(rq_job_id=job.rq_job_id)
+    try:
+        job_enqueue(job=job, at_front=True)
+    except RedisError as exc:
+        return job_fail(job=job, error_type=Job.ErrorType.QUEUE_UNAVAILABLE, message=f"{reason}; {exc}")
+    logger.info("job %s queued again: %s", job.id, reason)
+    return job
 
 
 def _job_complete_from_cache(*, job: Job, entry: dict[str, Any]) -> Job:

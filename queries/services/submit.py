@@ -27,6 +27,7 @@ from queries.lineage import History
 from queries.models import ApiKey, Job, Priority, QueryRequest
 from queries.prompts import API_NATIVE, APIS, Prompt
 from queries.services import journal, sessions
+from queries.services.breaker import breaker_refusal
 from queries.services.cache import CACHE_KEY, cache_get, normalize_query, query_hash
 from queries.services.dedup import (
     DEDUP_KEY,
@@ -224,6 +225,11 @@ def query_submit(
                     return submission
 
         try:
+            # A new job while the upstream is failing would only wait or fail: refuse it (cache hits
+            # and joins above are still served).
+            refusal = breaker_refusal(redis=redis)
+            if refusal is not None:
+                raise refusal
             quotas.job_admit(api_key=api_key, job_id=job_id, redis=redis)
         except GatewayError:
             if settings.DEDUP_ENABLED:

@@ -7,12 +7,14 @@ from dataclasses import replace
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from redis.exceptions import RedisError
 
 from claude_cli.invocation import ClaudeInvocation
 from claude_cli.runner import run_claude
 from core import cli_tools, humanize
 from core.health import cli_version
 from queries.pool import runner_config
+from queries.services import breaker_status
 
 PROMPT = "Reply with the single word: ok"
 
@@ -22,7 +24,8 @@ class Command(BaseCommand):
         "Check the Claude CLI as workers run it: CLAUDE_BIN is found (on PATH, else the pinned one in "
         "node_tools/), reports its version, names the endpoint and account it will use (keys masked), "
         "and answers a real one-line prompt (one small upstream request). On failure, exits non-zero "
-        "with the reason, e.g. the CLI's own 'Not logged in' when it has no credentials."
+        "with the reason, e.g. the CLI's own 'Not logged in' when it has no credentials, or upstream_auth "
+        "when the upstream refuses them. Also shows the upstream circuit breaker's state."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,6 +50,7 @@ class Command(BaseCommand):
         endpoint, account = cli_tools.claude_account(base.env if base.env is not None else os.environ)
         self.stdout.write(f"endpoint: {endpoint}")
         self.stdout.write(f"account:  {account}")
+        self.stdout.write(f"breaker:  {_breaker_line()}")
 
         config = replace(base, binary=path, timeout=timeout)
         outcome = run_claude(ClaudeInvocation(prompt=prompt), config)
@@ -60,3 +64,20 @@ class Command(BaseCommand):
             + (f", cost {humanize.usd(cost)}" if isinstance(cost, int | float) else "")
         )
         self.stdout.write("Claude CLI OK")
+
+
+def _breaker_line() -> str:
+    """The upstream circuit breaker as one line: closed, or each kind it is open for and why."""
+    try:
+        status = breaker_status()
+    except RedisError as exc:
+        return f"unknown (Redis is unavailable: {exc})"
+    if status["state"] == "closed":
+        return "closed"
+    kinds = "; ".join(
+        f"{kind} {k['state']}"
+        + (f" for {k['retryAfter']} s" if k["retryAfter"] else "")
+        + f": {k['message']}"
+        for kind, k in status["kinds"].items()
+    )
+    return f"{status['state']} ({kinds})"
