@@ -3,19 +3,21 @@
 Refused from the declared Content-Length before anything reads the body, and, for a body without
 one (chunked), as soon as more than the limit has arrived: under ASGI by ``V1BodyLimit`` (Django's
 ASGI handler reads the whole body before any middleware runs), under WSGI and Django's test client
-by ``V1BodyLimitMiddleware``; the view itself never reads past the limit either.
+by ``V1BodyLimitMiddleware``; the view itself never reads past the limit either. What a refusal
+leaves unread is drained before the connection closes (core.asgi_body.DrainUnreadBody).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from compat.errors import ApiError, anthropic_error_body, openai_error_body, shared_error_body
+from core.asgi_body import Receive, Scope, Send, body_limited
 
 PREFIX = "/v1/"
 
@@ -79,11 +81,6 @@ def body_json(request: HttpRequest) -> Any:
         raise ApiError(400, f"The request body is not valid JSON: {exc}") from None
 
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
-
-
 class V1BodyLimit:
     """ASGI wrapper: a /v1/ body over the limit is refused before the application reads it all."""
 
@@ -101,25 +98,13 @@ class V1BodyLimit:
         if refusal is not None:
             await _send_json(send, *refusal)
             return
-        limit = settings.V1_MAX_BODY_BYTES
-        received = 0
-        refused = False
 
-        async def limited_receive() -> Mapping[str, Any]:
-            nonlocal received, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # Answer now and tell the application the client went away: it stops reading.
-                    refused = True
-                    await _send_json(send, 413, error_body_for(path, too_large(None)))
-                    return {"type": "http.disconnect"}
-            return message
+        async def refuse(send: Send) -> None:
+            await _send_json(send, 413, error_body_for(path, too_large(None)))
 
-        await self.app(scope, limited_receive, send)
+        # Past the limit the 413 is sent and the application is told the client went away.
+        receive, send = body_limited(receive, send, settings.V1_MAX_BODY_BYTES, refuse)
+        await self.app(scope, receive, send)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

@@ -9,7 +9,9 @@ WSGI server, with sync views running in parallel threads. The async views' own s
 the ORM) runs on the same threads (:func:`in_web_thread`).
 
 gunicorn's own ceilings on the request line, one header field and the number of fields, which
-uvicorn does not have, are enforced here, before either handler runs, in the API's JSON shape.
+uvicorn does not have, are enforced here, before either handler runs, in the API's JSON shape; so is
+REQUEST_MAX_BYTES (from Content-Length, or as a chunked body arrives), before Django's ASGI handler
+would spool the whole body. What a refusal leaves unread is drained by core.asgi_body.DrainUnreadBody.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import functools
 import io
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,12 +32,10 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
 from django.urls import Resolver404, get_resolver
 
+from core.asgi_body import Receive, Scope, Send, body_limited, content_length, is_chunked
 from core.db import connections_drop_broken
+from core.errors import STATUS_TYPES, error_body
 from core.handlers import FAST_PATH_TRIED, GatewayWSGIHandler, MiddlewareList, api_middleware
-
-Scope = dict[str, Any]
-Receive = Callable[[], Coroutine[Any, Any, dict[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 # gunicorn's limit_request_line, limit_request_field_size and limit_request_fields, kept as they were.
 LIMIT_REQUEST_LINE = 8190
@@ -100,7 +100,16 @@ class GatewayASGIHandler:
         if refusal is not None:
             await send_json_error(send, *refusal)
             return
+        refused = body_refusal(scope)
+        if refused is not None:
+            await send_json_error(send, *refused)
+            return
         path = scope["path"]
+        if is_chunked(scope) and not path.startswith(settings.REQUEST_MAX_BYTES_EXEMPT):
+            limit = settings.REQUEST_MAX_BYTES
+            receive, send = body_limited(
+                receive, send, limit, functools.partial(_refuse_chunked, limit=limit)
+            )
         fast = self.wsgi.fast_paths.get((scope["method"], path))
         if fast is not None:
             await self._fast(fast, scope, receive, send)
@@ -116,7 +125,7 @@ class GatewayASGIHandler:
         each way. On the loop itself its Redis round trip would stall every stream of the process.
         What it declines goes on to the WSGI handler with its body intact, the fast path not
         tried again."""
-        length = _content_length(scope)
+        length = content_length(scope)
         if length is None or length > _PREREAD_BYTES:
             await self.threaded(scope, receive, send)
             return
@@ -152,7 +161,7 @@ class ThreadedWSGI:
             return
         loop = asyncio.get_running_loop()
         body: io.RawIOBase | io.BytesIO
-        length = _content_length(scope)
+        length = content_length(scope)
         if length is not None and length <= _PREREAD_BYTES:
             body = io.BytesIO(await _read_body(receive, length))
         else:
@@ -229,19 +238,37 @@ def protocol_refusal(scope: Scope) -> tuple[int, str] | None:
     return None
 
 
-async def send_json_error(send: Send, status: int, message: str) -> None:
-    error_type = "request_too_large" if status in (413, 414, 431) else "invalid_request_error"
-    body = json.dumps({"error": {"type": error_type, "message": message, "details": {}}}).encode()
+def body_refusal(scope: Scope) -> tuple[int, str, dict[str, Any]] | None:
+    """REQUEST_MAX_BYTES from Content-Length (core.middleware.BodySizeLimitMiddleware's refusal, made
+    before Django's ASGI handler reads the body); paths with a limit of their own are left alone."""
+    if scope["path"].startswith(settings.REQUEST_MAX_BYTES_EXEMPT):
+        return None
+    declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        return 400, "Content-Length is not a number.", {}
+    length, limit = int(declared), settings.REQUEST_MAX_BYTES
+    if length > limit:
+        return 413, f"Request body is {length} bytes; the limit is {limit}.", {"limitBytes": limit}
+    return None
+
+
+async def _refuse_chunked(send: Send, *, limit: int) -> None:
+    await send_json_error(
+        send, 413, f"Request body is over {limit} bytes; the limit is {limit}.", {"limitBytes": limit}
+    )
+
+
+async def send_json_error(
+    send: Send, status: int, message: str, details: dict[str, Any] | None = None
+) -> None:
+    body = json.dumps(
+        error_body(STATUS_TYPES.get(status, "invalid_request_error"), message, details)
+    ).encode()
     headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return 0 if not any(name == b"transfer-encoding" for name, _ in scope["headers"]) else None
 
 
 async def _read_body(receive: Receive, length: int) -> bytes:
@@ -269,7 +296,7 @@ class _ThreadBody(io.RawIOBase):
         return True
 
     def _fill(self) -> None:
-        message: dict[str, Any] = asyncio.run_coroutine_threadsafe(self._receive(), self._loop).result()
+        message = asyncio.run_coroutine_threadsafe(self._receive(), self._loop).result()
         if message["type"] == "http.disconnect":
             self._done = True
             return

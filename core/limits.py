@@ -1,9 +1,7 @@
-"""Refuse absurd URLs and headers before anything else looks at the request; drain what a refusal
-left unread before the connection closes."""
+"""Refuse absurd URLs and headers before anything else looks at the request; error pages as JSON."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -69,42 +67,3 @@ class JsonErrorPagesMiddleware:
             if header in response:
                 replacement[header] = response[header]
         return replacement
-
-
-DISCARD_CHUNK = 64 * 1024
-
-
-def discard_body(
-    read: Callable[[int], bytes],
-    *,
-    max_bytes: int,
-    seconds: float,
-    set_timeout: Callable[[float], None] | None = None,
-) -> int:
-    """Read and drop what is left of a request body: at most ``max_bytes``, for at most ``seconds``.
-
-    A server that answers before reading the body (a 413 from Content-Length, a 401) and then closes
-    the connection with the body still arriving makes the kernel send a TCP reset, and a reset
-    destroys the answer the client has not read yet: a client that sends its body without
-    ``Expect: 100-continue`` (Python's urllib, many HTTP libraries) sees "connection reset" instead
-    of the JSON error. Reading the rest first lets the close be a clean one. The bounds keep a huge
-    or trickling body from holding the server: past them the connection closes as before.
-    Framework-free: the caller passes how to read its body (gunicorn's ``req.body.read``, an ASGI
-    ``receive`` loop) and, when it can, how to bound each blocking read. Returns the bytes read.
-    """
-    deadline = time.monotonic() + seconds
-    total = 0
-    while total < max_bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        if set_timeout is not None:
-            set_timeout(remaining)
-        try:
-            chunk = read(min(DISCARD_CHUNK, max_bytes - total))
-        except Exception:  # a timeout, a client gone, a malformed chunk: stop; the connection closes anyway
-            break
-        if not chunk:
-            break
-        total += len(chunk)
-    return total

@@ -166,8 +166,9 @@ QUERY_MAX_CHARS = env_int("QUERY_MAX_CHARS", 100_000, minimum=1)
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 16 * 1024, minimum=2)
 REQUEST_MAX_BYTES = env_int("REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
-# What gunicorn reads and drops of a refused body before closing, so the close is not a TCP reset
-# that loses the JSON 413 (core.limits.discard_body); bigger or slower bodies are cut off.
+# What the web reads and drops of a body it answered without reading (a 413) before the response ends,
+# so the close is not a TCP reset that loses the JSON 413 (core.asgi_body.DrainUnreadBody); bigger
+# or slower bodies are cut off.
 REQUEST_DISCARD_MAX_BYTES = env_int("REQUEST_DISCARD_MAX_BYTES", 16 * 1024 * 1024, minimum=0)
 REQUEST_DISCARD_SECONDS = env_float("REQUEST_DISCARD_SECONDS", 10.0, minimum=0.0)
 # Paths with a body limit of their own (V1_MAX_BODY_BYTES, compat/limits.py).

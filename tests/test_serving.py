@@ -1,4 +1,5 @@
-"""gunicorn as clients meet it: the address it listens on, and refusals that reach raw HTTP clients.
+"""The web server as clients meet it (gunicorn, uvicorn workers, gateway_project.asgi): the address
+it listens on, and refusals that reach raw HTTP clients.
 
 A raw socket client stands for the HTTP libraries that send a body without ``Expect: 100-continue``
 and close after one request (Python's urllib among them); curl and requests hide the problem.
@@ -14,7 +15,6 @@ import urllib.request
 
 import pytest
 
-from core.limits import discard_body
 from tests.support.processes import start_web_server
 
 
@@ -30,15 +30,28 @@ def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def head(length: int, *, connection: str = "close") -> bytes:
+def head(length: int | None, *, connection: str = "close", path: str = "/api/query") -> bytes:
+    """A POST's head; ``length`` None for a chunked body."""
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
     return (
-        "POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Connection: {connection}\r\nContent-Length: {length}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Connection: {connection}\r\n{framing}\r\n\r\n"
     ).encode()
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict]:
-    """The status and JSON body of one response (chunked or with Content-Length) on ``sock``."""
+def chunked(data: bytes, size: int = 65536) -> bytes:
+    pieces = [
+        b"%x\r\n%s\r\n" % (len(data[i : i + size]), data[i : i + size]) for i in range(0, len(data), size)
+    ]
+    return b"".join(pieces) + b"0\r\n\r\n"
+
+
+def error_type(body: dict) -> str:
+    return body["error"]["type"] if "code" not in body["error"] else body["error"]["code"]
+
+
+def read_response_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The status and headers of one response on ``sock``, and what arrived of its body."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -46,8 +59,13 @@ def read_response(sock: socket.socket) -> tuple[int, dict]:
         data += chunk
     header, rest = data.split(b"\r\n\r\n", 1)
     lines = header.decode("latin1").split("\r\n")
-    status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, rest
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of one response (chunked or with Content-Length) on ``sock``."""
+    status, headers, rest = read_response_head(sock)
     if "content-length" in headers:
         while len(rest) < int(headers["content-length"]):
             rest += sock.recv(65536)
@@ -79,53 +97,71 @@ def closed_cleanly(sock: socket.socket, timeout: float) -> bool:
 
 @served
 def test_a_body_over_the_limit_gets_the_json_413_not_a_reset(mock, tmp_path, processes):
-    url = start_web_server(processes, mock, tmp_path)
+    # /v1/'s limit brought under REQUEST_DISCARD_MAX_BYTES, so its refusals are drained too.
+    url = start_web_server(processes, mock, tmp_path, V1_MAX_BODY_BYTES=str(1024 * 1024))
+    port = port_of(url)
 
-    # The server answers from Content-Length before reading the body; the client, which did not
-    # ask first, sends the 2 MB anyway, and must still get the answer and a clean close.
-    with socket.create_connection(("127.0.0.1", port_of(url)), timeout=30) as sock:
-        sock.sendall(head(len(BODY_2MB)))
+    for path in ("/api/query", "/v1/messages", "/v1/chat/completions"):
+        # The server answers from Content-Length before reading the body; the client, which did not
+        # ask first, sends the 2 MB anyway, and must still get the answer and a clean close.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head(len(BODY_2MB), path=path))
+            status, body = read_response(sock)
+            assert status == 413 and error_type(body) == "request_too_large", (path, body)
+            sock.sendall(BODY_2MB)  # without the drain: BrokenPipe or ECONNRESET here
+            assert closed_cleanly(sock, timeout=30), path
+
+        # Python's own client sends the body whole, then reads: the 413, every time.
+        for _ in range(5):
+            request = urllib.request.Request(
+                f"{url}{path}", data=BODY_2MB, headers={"Content-Type": "application/json"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 413
+            assert error_type(json.loads(refused.value.read())) == "request_too_large"
+
+        # Kept-alive connections go on serving after a refusal.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head(len(BODY_2MB), connection="keep-alive", path=path) + BODY_2MB)
+            assert read_response(sock)[0] == 413
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
+            assert read_response(sock) == (200, {"status": "ok"})
+
+    # A chunked body declares no length: refused once more than the limit has arrived (before
+    # Django's ASGI handler would have spooled it all), the rest drained, then a clean close.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head(None, connection="keep-alive", path="/v1/messages") + chunked(BODY_2MB))
         status, body = read_response(sock)
-        assert status == 413 and body["error"]["type"] == "request_too_large"
-        sock.sendall(BODY_2MB)  # without the drain: BrokenPipe or ECONNRESET here
+        assert status == 413 and error_type(body) == "request_too_large"
         assert closed_cleanly(sock, timeout=30)
-
-    # Python's own client sends the body whole, then reads: the 413, every time.
-    for _ in range(5):
-        request = urllib.request.Request(
-            f"{url}/api/query", data=BODY_2MB, headers={"Content-Type": "application/json"}
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 413
-        assert json.loads(refused.value.read())["error"]["type"] == "request_too_large"
-
-    # Kept-alive connections go on serving after a refusal.
-    with socket.create_connection(("127.0.0.1", port_of(url)), timeout=30) as sock:
-        sock.sendall(head(len(BODY_2MB), connection="keep-alive") + BODY_2MB)
-        assert read_response(sock)[0] == 413
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        assert read_response(sock) == (200, {"status": "ok"})
 
 
 @served
 def test_draining_is_bounded_in_bytes_and_time(mock, tmp_path, processes):
     url = start_web_server(
-        processes, mock, tmp_path, REQUEST_DISCARD_MAX_BYTES=str(4 * 1024 * 1024), REQUEST_DISCARD_SECONDS="1"
+        processes,
+        mock,
+        tmp_path,
+        REQUEST_DISCARD_MAX_BYTES=str(4 * 1024 * 1024),
+        REQUEST_DISCARD_SECONDS="1",
+        V1_MAX_BODY_BYTES=str(1024 * 1024),
     )
     port = port_of(url)
-    # Announced beyond what would be read: answered and closed at once, nothing waited for.
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(head(1024**3))
-        assert read_response(sock)[0] == 413
-        assert closed_cleanly(sock, timeout=10)
-    # A body that trickles: the server stops waiting after REQUEST_DISCARD_SECONDS.
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(head(len(BODY_2MB)) + BODY_2MB[:1000])
-        assert read_response(sock)[0] == 413
-        started = time.monotonic()
-        assert closed_cleanly(sock, timeout=20)
-        assert time.monotonic() - started < 15
+    for path in ("/api/query", "/v1/messages"):
+        # Announced beyond what would be read: answered and closed at once, nothing waited for.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head(1024**3, connection="keep-alive", path=path))
+            status, headers, _ = read_response_head(sock)
+            assert status == 413 and headers.get("connection") == "close", path
+            assert closed_cleanly(sock, timeout=10), path
+        # A body that trickles: the server stops waiting after REQUEST_DISCARD_SECONDS.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head(len(BODY_2MB), path=path) + BODY_2MB[:1000])
+            assert read_response(sock)[0] == 413, path
+            started = time.monotonic()
+            assert closed_cleanly(sock, timeout=20), path
+            assert time.monotonic() - started < 15
 
 
 @served
@@ -142,29 +178,3 @@ def test_the_server_listens_on_loopback_unless_host_says_otherwise(mock, tmp_pat
     url = start_web_server(processes, mock, tmp_path / "all", HOST="0.0.0.0")
     with socket.create_connection(("127.0.0.2", port_of(url)), timeout=5):
         pass
-
-
-def test_discard_body_reads_what_is_left_within_its_bounds():
-    class Stream:
-        def __init__(self, data: bytes):
-            self.data, self.reads = data, 0
-
-        def read(self, n: int) -> bytes:
-            self.reads += 1
-            chunk, self.data = self.data[:n], self.data[n:]
-            return chunk
-
-    stream = Stream(b"x" * 200_000)
-    assert discard_body(stream.read, max_bytes=1 << 20, seconds=5) == 200_000 and stream.data == b""
-    stream = Stream(b"x" * 200_000)
-    assert discard_body(stream.read, max_bytes=100_000, seconds=5) == 100_000
-    assert len(stream.data) == 100_000
-    assert discard_body(Stream(b"x" * 10).read, max_bytes=100, seconds=0) == 0
-
-    timeouts: list[float] = []
-
-    def failing(n: int) -> bytes:
-        raise TimeoutError
-
-    assert discard_body(failing, max_bytes=100, seconds=5, set_timeout=timeouts.append) == 0
-    assert len(timeouts) == 1 and 0 < timeouts[0] <= 5
