@@ -286,7 +286,7 @@ def test_check_claude_shows_an_open_breaker(real_claude, settings):
         out, _ = run("check_claude")
     finally:
         breaker.breaker_success()
-    assert re.search(r"breaker: open \(overloaded open for \d+ s: the upstream is overloaded", out), out
+    assert re.search(r"breaker:  open \(overloaded open for \d+ s: the upstream is overloaded", out), out
 
 
 def test_check_claude_reports_an_upstream_401_as_not_authorised_in_seconds(real_claude):
