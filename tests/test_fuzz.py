@@ -52,6 +52,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "worker",
             "--url",
             django_settings.REDIS_URL,
+            # A heartbeat every 5 s (rq waits worker_ttl - 15 s per dequeue), well inside the age
+            # at which /ready stops counting a worker alive (WORKER_STALE_AFTER).
+            "--worker-ttl",
+            "20",
             "fuzz-idle",
         ],
         {**os.environ},
