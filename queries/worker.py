@@ -32,8 +32,6 @@ from queries.services import breaker, journal
 logger = logging.getLogger(__name__)
 
 RUN_JOB = "queries.tasks.run_job"
-# Running jobs must have run this long before the sweep may judge their worker gone.
-SWEEP_GRACE = 60.0
 # How often a worker holding jobs for the breaker looks at it again, and sends its heartbeat.
 _HOLD_POLL = 0.25
 _HOLD_HEARTBEAT = 5.0
@@ -85,8 +83,12 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
         finally:
             connections.close_all()
         self._fail_orphaned_jobs()
-        # A job whose submission lost the database between its row and its enqueue waits this long.
-        self.reconcile(grace_seconds=SWEEP_GRACE, requeue_grace=float(settings.WORKER_STALE_AFTER))
+        # A worker names its job in its registration before it claims the row, and heartbeats at
+        # least every WORKER_HEARTBEAT_INTERVAL: a running job whose worker has been silent for
+        # WORKER_STALE_AFTER is lost, on any host. A job whose submission lost the database between
+        # its row and its enqueue is queued again after as long.
+        stale = float(settings.WORKER_STALE_AFTER)
+        self.reconcile(grace_seconds=stale, requeue_grace=stale)
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)

@@ -126,3 +126,38 @@ def test_a_running_job_named_by_a_live_worker_is_not_settled(settings):
     assert workers_alive(redis=worker.connection) == []
     assert Worker.count(connection=worker.connection) == 1
     assert [job.id for job, _ in services.job_reconcile_stale(grace_seconds=60)] == [running.id]
+
+
+def test_a_workers_sweep_settles_the_running_job_of_a_silent_worker_on_another_host(settings):
+    """Another host's worker that died (SIGKILL, a lost machine) leaves its job running: the sweep of
+    a worker here ends it ``worker_lost`` once that worker has been silent for WORKER_STALE_AFTER."""
+    from queries.worker import GatewayInProcessWorker
+
+    settings.WORKER_STALE_AFTER = 10
+    connection = django_rq.get_connection()
+    dead = GatewayInProcessWorker(["default"], connection=connection, name="dead-host-worker")
+    dead.hostname = "dead-host"
+    dead.register_birth()
+    started = timezone.now() - timezone.timedelta(seconds=15)
+    lost = JobFactory(
+        state=Job.State.RUNNING, finished_at=None, started_at=started, worker_name="dead-host:7"
+    )
+    connection.hset(dead.key, CURRENT_JOB_FIELD, str(lost.id))
+    # Its last heartbeat was 12 s ago; its registration has not expired yet.
+    beat = timezone.now() - timezone.timedelta(seconds=12)
+    connection.hset(dead.key, "last_heartbeat", beat.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    young = JobFactory(
+        state=Job.State.RUNNING,
+        finished_at=None,
+        started_at=timezone.now() - timezone.timedelta(seconds=2),
+        worker_name="dead-host:8",
+    )
+
+    sweeper = GatewayInProcessWorker(["default"], connection=connection, name="sweeper")
+    sweeper._maintenance()
+
+    lost.refresh_from_db()
+    young.refresh_from_db()
+    assert (lost.state, lost.error_type) == (Job.State.FAILED, Job.ErrorType.WORKER_LOST)
+    # Started after the last heartbeat could have named it: not judged yet.
+    assert young.state == Job.State.RUNNING
