@@ -20,12 +20,13 @@ from tests.support.waiting import wait_for
 class RedisServer:
     """``redis-server`` without persistence: every restart comes back empty."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, host: str = "127.0.0.1"):
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed")
         self.binary = binary
         self.workdir = workdir
+        self.host = host
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -33,7 +34,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         assert self.proc is None
@@ -44,13 +45,16 @@ class RedisServer:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                self.host,
                 "--save",
                 "",
                 "--appendonly",
                 "no",
                 "--dir",
                 str(self.workdir),
+                # Bound to loopback or to a test network's bridge only: no password needed.
+                "--protected-mode",
+                "no",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
