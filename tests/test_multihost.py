@@ -10,7 +10,6 @@ left behind, not a process, not a namespace, not a link.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from rq import Worker
 from queries import services
 from queries.models import Job, QueryRequest
 from tests.mockapi import MockAnthropic
+from tests.support import REPO
 from tests.support.metrics import Samples, parse_samples, value
 from tests.support.netns import Network, TcpForwarder, free_port_on, namespace_pids, netns_unavailable
 from tests.support.processes import Processes, process_environment
@@ -65,6 +65,14 @@ class Cluster:
         session = requests.Session()
         session.headers.update(Authorization=f"Bearer {self.key}")
         return session
+
+
+def _procfile() -> dict[str, str]:
+    lines = (REPO / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+PROCFILE = _procfile()
 
 
 def _database_url(address: str, port: int) -> str:
@@ -112,17 +120,9 @@ def two_hosts(tmp_path: Path) -> Iterator[Cluster]:
                 ALLOWED_HOSTS=",".join(network.addresses.values()),
                 **LIVENESS,
             )
-            # The Procfile's two commands, in the host's namespace.
-            web = [
-                str(Path(sys.executable).with_name("gunicorn")),
-                "gateway_project.asgi:application",
-                "--config",
-                "gateway_project/gunicorn.conf.py",
-            ]
-            pool = [sys.executable, "manage.py", "rqworker-pool", "high", "default", "low"]
-            pool += ["--num-workers", str(POOL)]
-            processes.start(network.command(name, web), env, f"{name}-web")
-            processes.start(network.command(name, pool), env, f"{name}-pool")
+            # The Procfile's two commands, as scripts/serve runs them, in the host's namespace.
+            for process, command in PROCFILE.items():
+                processes.start(network.command(name, ["sh", "-c", command]), env, f"{name}-{process}")
             cluster.hosts[name] = Host(
                 name, network.hostnames[name], f"http://{address}:{PORT}", network.namespaces[name]
             )
