@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,64 +88,72 @@ def two_hosts(tmp_path: Path) -> Iterator[Cluster]:
     namespaces, links and services are gone."""
     if reason := netns_unavailable():
         pytest.skip(f"no network namespaces here: {reason}")
-    network = Network(list(HOSTS))
-    network.create()
-    processes = Processes(tmp_path)
-    redis = RedisServer(tmp_path / "redis", host=network.gateway_ip)
-    db = django_settings.DATABASES["default"]
-    forwarder = TcpForwarder(
-        (network.gateway_ip, free_port_on(network.gateway_ip)), (db["HOST"], int(db["PORT"]))
-    )
-    mock = MockAnthropic(host=network.gateway_ip)
-    cluster = Cluster(network, {}, redis, "", processes)
-    try:
+    with ExitStack() as cleanup:
+        # Undone in reverse, each step even if another failed: the services, then the network.
+        network = Network(list(HOSTS))
+        network.create()
+        cleanup.callback(network.delete)
+        redis = RedisServer(tmp_path / "redis", host=network.gateway_ip)
+        cleanup.callback(redis.stop)
         redis.start()
-        forwarder.start()
-        mock.start()
-        _, cluster.key = services.api_key_create(name="multihost")
-        for name in HOSTS:
-            address = network.addresses[name]
-            env = process_environment(
-                mock,
-                tmp_path / name / "home",
-                tmp_path / name / "workdir",
-                DATABASE_URL=_database_url(*forwarder.address),
-                REDIS_URL=redis.url,
-                GATEWAY_VAR_DIR=str(tmp_path / name / "var"),
-                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / name / "prometheus"),
-                HOST=address,
-                PORT=str(PORT),
-                WEB_CONCURRENCY="2",
-                QUEUE_CONCURRENCY=str(POOL),
-                ALLOWED_HOSTS=",".join(network.addresses.values()),
-                **LIVENESS,
-            )
-            # The Procfile's two commands, as scripts/serve runs them, in the host's namespace.
-            for process, command in PROCFILE.items():
-                processes.start(network.command(name, ["sh", "-c", command]), env, f"{name}-{process}")
-            cluster.hosts[name] = Host(
-                name, network.hostnames[name], f"http://{address}:{PORT}", network.namespaces[name]
-            )
-        for host in cluster.hosts.values():
-            wait_for(lambda host=host: _serves(host.url), timeout=60, message=f"host {host.name}'s web")
-        connection = redis.client()
-        wait_for(
-            lambda: len(Worker.all(connection=connection)) == POOL * len(HOSTS),
-            timeout=60,
-            message="both hosts' worker pools to register",
+        db = django_settings.DATABASES["default"]
+        forwarder = TcpForwarder(
+            (network.gateway_ip, free_port_on(network.gateway_ip)), (db["HOST"], int(db["PORT"]))
         )
-        yield cluster
-    finally:
-        try:
-            processes.stop_all()
-            cluster.left_after_stop = {
-                ns: pids for ns in network.namespaces.values() if (pids := namespace_pids(ns))
-            }
-        finally:
-            network.delete()
-            mock.stop()
-            forwarder.stop()
-            redis.stop()
+        cleanup.callback(forwarder.stop)
+        forwarder.start()
+        mock = MockAnthropic(host=network.gateway_ip)
+        cleanup.callback(mock.stop)
+        mock.start()
+        processes = Processes(tmp_path)
+        cluster = Cluster(network, {}, redis, "", processes)
+        cleanup.callback(_stop_hosts, cluster)
+        yield _start_hosts(cluster, mock, forwarder.address, tmp_path)
+
+
+def _stop_hosts(cluster: Cluster) -> None:
+    """SIGTERM (then SIGKILL) to every process started; note what a stop left in a namespace."""
+    cluster.processes.stop_all()
+    namespaces = cluster.network.namespaces.values()
+    cluster.left_after_stop = {ns: pids for ns in namespaces if (pids := namespace_pids(ns))}
+
+
+def _start_hosts(cluster: Cluster, mock: MockAnthropic, database: tuple[str, int], tmp_path: Path) -> Cluster:
+    """Both hosts' web and worker pool, once every web serves and every worker has registered."""
+    network, processes, redis = cluster.network, cluster.processes, cluster.redis
+    _, cluster.key = services.api_key_create(name="multihost")
+    for name in HOSTS:
+        address = network.addresses[name]
+        env = process_environment(
+            mock,
+            tmp_path / name / "home",
+            tmp_path / name / "workdir",
+            DATABASE_URL=_database_url(*database),
+            REDIS_URL=redis.url,
+            GATEWAY_VAR_DIR=str(tmp_path / name / "var"),
+            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / name / "prometheus"),
+            HOST=address,
+            PORT=str(PORT),
+            WEB_CONCURRENCY="2",
+            QUEUE_CONCURRENCY=str(POOL),
+            ALLOWED_HOSTS=",".join(network.addresses.values()),
+            **LIVENESS,
+        )
+        # The Procfile's two commands, as scripts/serve runs them, in the host's namespace.
+        for process, command in PROCFILE.items():
+            processes.start(network.command(name, ["sh", "-c", command]), env, f"{name}-{process}")
+        cluster.hosts[name] = Host(
+            name, network.hostnames[name], f"http://{address}:{PORT}", network.namespaces[name]
+        )
+    for host in cluster.hosts.values():
+        wait_for(lambda host=host: _serves(host.url), timeout=60, message=f"host {host.name}'s web")
+    connection = redis.client()
+    wait_for(
+        lambda: len(Worker.all(connection=connection)) == POOL * len(HOSTS),
+        timeout=60,
+        message="both hosts' worker pools to register",
+    )
+    return cluster
 
 
 def test_two_hosts_share_dedup_metrics_and_a_dead_hosts_jobs(transactional_db: None, tmp_path: Path):
