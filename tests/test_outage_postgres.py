@@ -17,12 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from asgiref.sync import async_to_sync
 from django.db import OperationalError, connection, connections
+from django.test import RequestFactory
 
 from core.db import connections_drop_broken
 from core.handlers import GatewayWSGIHandler
 from queries import services
 from queries.models import Job, QueryRequest
+from queries.streaming import query_detail
 from tests.support.processes import free_port, start_web_server
 from tests.support.waiting import wait_for
 
@@ -169,6 +172,28 @@ def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeyp
         assert body["error"]["type"] == "overloaded_error"
     else:
         assert body["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("failures, expected", [(1, 404), (2, 503)])
+def test_an_async_api_view_that_lost_its_connection_runs_once_more(api_key, monkeypatch, failures, expected):
+    # GET /api/query/{id} is an async view (for ?wait=): its DRF checks run on a web thread, not
+    # through the WSGI handler's retry, and retry there.
+    real = services.job_get_for_caller
+    calls = []
+
+    def flaky(**kwargs):
+        calls.append(kwargs)
+        if len(calls) <= failures:
+            raise OperationalError("terminating connection due to administrator command")
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, "job_get_for_caller", flaky)
+    job_id = str(uuid.uuid4())
+    request = RequestFactory().get(f"/api/query/{job_id}", HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
+    response = async_to_sync(query_detail)(request, job_id=job_id)
+    assert response.status_code == expected and len(calls) == 2
+    expected_type = "overloaded_error" if expected == 503 else "not_found_error"
+    assert json.loads(response.content)["error"]["type"] == expected_type
 
 
 def test_a_connection_the_server_ended_is_replaced_before_use():
