@@ -153,11 +153,11 @@ def _call(handler: GatewayWSGIHandler, environ: dict) -> tuple[str, dict]:
     return status[0], json.loads(body)
 
 
-@pytest.mark.parametrize("failures, expected", [(1, "404"), (2, "503")])
-def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeypatch, failures, expected):
-    # The seam: the service a view calls fails as a dropped connection makes it fail.
+def job_get_failing(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[dict]:
+    """The seam: the service the job detail calls fails as a dropped connection makes it fail, the
+    first ``failures`` times; returns the list of its calls."""
     real = services.job_get_for_caller
-    calls = []
+    calls: list[dict] = []
 
     def flaky(**kwargs):
         calls.append(kwargs)
@@ -166,6 +166,12 @@ def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeyp
         return real(**kwargs)
 
     monkeypatch.setattr(services, "job_get_for_caller", flaky)
+    return calls
+
+
+@pytest.mark.parametrize("failures, expected", [(1, "404"), (2, "503")])
+def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeypatch, failures, expected):
+    calls = job_get_failing(monkeypatch, failures)
     status, body = _call(GatewayWSGIHandler(), _environ(f"/api/query/{uuid.uuid4()}", api_key[1]))
     assert status.startswith(expected) and len(calls) == 2
     if expected == "503":
@@ -178,16 +184,7 @@ def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeyp
 def test_an_async_api_view_that_lost_its_connection_runs_once_more(api_key, monkeypatch, failures, expected):
     # GET /api/query/{id} is an async view (for ?wait=): its DRF checks run on a web thread, not
     # through the WSGI handler's retry, and retry there.
-    real = services.job_get_for_caller
-    calls = []
-
-    def flaky(**kwargs):
-        calls.append(kwargs)
-        if len(calls) <= failures:
-            raise OperationalError("terminating connection due to administrator command")
-        return real(**kwargs)
-
-    monkeypatch.setattr(services, "job_get_for_caller", flaky)
+    calls = job_get_failing(monkeypatch, failures)
     job_id = str(uuid.uuid4())
     request = RequestFactory().get(f"/api/query/{job_id}", HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
     response = async_to_sync(query_detail)(request, job_id=job_id)
