@@ -22,6 +22,8 @@ from django.utils.module_loading import import_string
 from core.db import connections_reset
 
 FAST_PATH_TRIED = "gateway.fast_path_tried"
+# Set on a request this handler runs again if it lost the database: views leave the retry to it.
+DATABASE_RETRY = "gateway.database_retry"
 
 
 class MiddlewareList:
@@ -87,6 +89,7 @@ class GatewayWSGIHandler:
         body = _buffered_body(environ)
         if body is None:
             return self.api(environ, start_response)
+        environ[DATABASE_RETRY] = True
         reply: list[Any] = []
 
         def hold(status: str, headers: list[Any], exc_info: Any = None) -> Callable[[bytes], None]:

@@ -8,7 +8,9 @@ something killed it. Two mixins for queries.worker's classes:
 
 - :class:`RedisOutageMixin` (first in the MRO): every Redis call of the loop is ridden out. The worker
   logs the outage once, polls Redis with backoff (up to REDIS_RETRY_MAX seconds apart), and once it
-  answers registers again if Redis forgot it, then schedules a reconciliation: queued jobs that rq
+  answers registers again if Redis forgot it (a worker busy through the whole outage finds out at its
+  next heartbeat: registered means listed in rq's worker set, not merely a key that the job's own
+  bookkeeping may have written again), then schedules a reconciliation: queued jobs that rq
   lost are queued again at once, and running jobs whose worker is gone are settled as
   ``worker_lost`` once every live worker has had time to heartbeat (WORKER_STALE_AFTER). One worker
   at a time does it (queries.services.jobs_reconcile takes a Redis lock). Warm CLIs stay as they are.
@@ -33,6 +35,7 @@ import redis.exceptions
 from django.conf import settings
 from django.db import connections
 from redis.client import Pipeline
+from rq import worker_registration
 from rq.exceptions import StopRequested
 from rq.utils import now
 from rq.worker import WorkerStatus
@@ -260,27 +263,45 @@ class RedisOutageMixin(_Outage):
         """One heartbeat in one round trip; registers again if Redis forgot this worker."""
         with self._beat_lock:
             with self.connection.pipeline(transaction=False) as pipe:
-                pipe.exists(self.key)
+                self._registered_read(pipe)
                 super().heartbeat(timeout, pipe)
                 pipe.hset(self.key, CURRENT_JOB_FIELD, self._current_job or "")
-                registered = pipe.execute()[0]
-            if not registered:
+                member, born, *_ = pipe.execute()
+            if not (member and born):
                 self._register_again()
 
     def registration_check(self) -> None:
         with self._beat_lock:
-            if not self.connection.exists(self.key):
+            with self.connection.pipeline(transaction=False) as pipe:
+                self._registered_read(pipe)
+                member, born = pipe.execute()
+            if not (member and born):
                 self._register_again()
+
+    def _registered_read(self, pipe: Pipeline) -> None:
+        # Registered means listed in rq's set of workers (what Worker.all, /ready and the admin read)
+        # with the hash register_birth wrote. The key alone proves nothing: after a restart of Redis
+        # the loop's own writes (a job's bookkeeping, its state, the current job) create it again,
+        # without the birth and without the listing.
+        pipe.sismember(self.redis_workers_keys, self.key)
+        pipe.hexists(self.key, "birth")
 
     def _register_again(self) -> None:
         # A Redis that restarted without persistence (or was flushed) has forgotten this worker: /ready
         # and the admin would report no worker, and the reconciliation would think its job orphaned.
+        # One transaction (not register_birth, which refuses a key that exists): whatever the loop or
+        # the heartbeat thread writes meanwhile lands before or after, and the fields it wrote stay.
         self.log.warning("Worker %s: registration lost (Redis restarted?); registering again", self.name)
-        state = self.get_state()
-        self.connection.delete(self.key)
-        self.register_birth()
-        self.set_state(state)
-        self.connection.hset(self.key, CURRENT_JOB_FIELD, self._current_job or "")
+        self.last_heartbeat = now()
+        if self.birth_date is None:
+            self.birth_date = self.last_heartbeat
+        fields = {**self.serialize(), "state": self.get_state(), CURRENT_JOB_FIELD: self._current_job or ""}
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.key, "death")
+            pipe.hset(self.key, mapping=fields)
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
         self.recovery_schedule()
 
     def current_job_set(self, job_id: str | None) -> None:

@@ -3,7 +3,8 @@
 Both are async Django views: a client waiting on a job holds no thread, only a blocked
 ``XREAD`` on the job's event stream (queries/services/events.py). What they check first (the key,
 the job's visibility, the parameters) is the DRF views' own code, run through ``sync_to_async``,
-so the answers and errors are exactly those of the rest of the API.
+so the answers and errors are exactly those of the rest of the API (a view that lost its database
+connection runs once more on a fresh one, as the WSGI-served views do: core.handlers).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.asgi import in_web_thread
+from core.db import connections_reset
+from core.handlers import DATABASE_RETRY
 from queries import schema, services
 from queries.api import QueryDetailApi, job_visible
 from queries.services.events import is_final
@@ -53,6 +56,11 @@ def _checked(view: Callable[..., Any]) -> Callable[..., Any]:
 
     def call(request: HttpRequest, **kwargs: Any) -> Any:
         response = view(request, **kwargs)
+        if getattr(response, "database_lost", False) and not request.META.get(DATABASE_RETRY):
+            # PostgreSQL dropped the connection under the view (a restart, a failover): once more on
+            # a fresh one, as core.handlers does for what it serves (it does so here under WSGI).
+            connections_reset()
+            response = view(request, **kwargs)
         if hasattr(response, "render"):
             response.render()
         return response

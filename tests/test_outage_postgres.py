@@ -17,12 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from asgiref.sync import async_to_sync
 from django.db import OperationalError, connection, connections
+from django.test import RequestFactory
 
 from core.db import connections_drop_broken
 from core.handlers import GatewayWSGIHandler
 from queries import services
 from queries.models import Job, QueryRequest
+from queries.streaming import query_detail
 from tests.support.processes import free_port, start_web_server
 from tests.support.waiting import wait_for
 
@@ -150,11 +153,11 @@ def _call(handler: GatewayWSGIHandler, environ: dict) -> tuple[str, dict]:
     return status[0], json.loads(body)
 
 
-@pytest.mark.parametrize("failures, expected", [(1, "404"), (2, "503")])
-def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeypatch, failures, expected):
-    # The seam: the service a view calls fails as a dropped connection makes it fail.
+def job_get_failing(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[dict]:
+    """The seam: the service the job detail calls fails as a dropped connection makes it fail, the
+    first ``failures`` times; returns the list of its calls."""
     real = services.job_get_for_caller
-    calls = []
+    calls: list[dict] = []
 
     def flaky(**kwargs):
         calls.append(kwargs)
@@ -163,12 +166,31 @@ def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeyp
         return real(**kwargs)
 
     monkeypatch.setattr(services, "job_get_for_caller", flaky)
+    return calls
+
+
+@pytest.mark.parametrize("failures, expected", [(1, "404"), (2, "503")])
+def test_an_api_request_that_lost_its_connection_runs_once_more(api_key, monkeypatch, failures, expected):
+    calls = job_get_failing(monkeypatch, failures)
     status, body = _call(GatewayWSGIHandler(), _environ(f"/api/query/{uuid.uuid4()}", api_key[1]))
     assert status.startswith(expected) and len(calls) == 2
     if expected == "503":
         assert body["error"]["type"] == "overloaded_error"
     else:
         assert body["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("failures, expected", [(1, 404), (2, 503)])
+def test_an_async_api_view_that_lost_its_connection_runs_once_more(api_key, monkeypatch, failures, expected):
+    # GET /api/query/{id} is an async view (for ?wait=): its DRF checks run on a web thread, not
+    # through the WSGI handler's retry, and retry there.
+    calls = job_get_failing(monkeypatch, failures)
+    job_id = str(uuid.uuid4())
+    request = RequestFactory().get(f"/api/query/{job_id}", HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
+    response = async_to_sync(query_detail)(request, job_id=job_id)
+    assert response.status_code == expected and len(calls) == 2
+    expected_type = "overloaded_error" if expected == 503 else "not_found_error"
+    assert json.loads(response.content)["error"]["type"] == expected_type
 
 
 def test_a_connection_the_server_ended_is_replaced_before_use():

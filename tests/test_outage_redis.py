@@ -1,9 +1,11 @@
 """Redis lost mid-burst: a redis-server of the test's own is killed, and started again empty 2 s later.
 
-The gateway's processes (gunicorn, an ``rqworker`` and an ``rqworker-pool``) run against it, with
-the real CLI answering through the mock API. The workers must ride the outage out, every accepted
-job must end (queued ones lost with Redis are queued again, the job of a worker killed meanwhile
-ends ``worker_lost``), no reply may be a 500 or an HTML page, and no process may be left behind.
+The gateway's processes (gunicorn, two ``rqworker`` and an ``rqworker-pool`` with a warm CLI pool)
+run against it, with the real CLI answering through the mock API. The workers must ride the outage
+out, every accepted job must end (queued ones lost with Redis are queued again, the job of a worker
+killed meanwhile ends ``worker_lost``), no reply may be a 500 or an HTML page, every surviving worker
+must be registered again and heartbeat (busy ones too, that saw no error), the pool's warm CLIs must
+serve jobs again, and no process may be left behind.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from rq import Worker
 
 from claude_cli.process import process_alive
 from queries.models import Job
+from queries.services.workers import workers_alive
 from tests.support.processes import group_members, start_web_server, start_worker
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
@@ -72,11 +76,12 @@ def test_workers_ride_out_a_redis_restart_and_every_accepted_job_ends(
     env = {"REDIS_URL": own_redis.url, "WEBHOOK_SWEEP_INTERVAL": "5", "CLAUDE_POOL_SIZE": "0"}
     base = start_web_server(processes, mock, tmp_path, **env)
     single = start_worker(processes, mock, tmp_path, env=env)
-    pool = start_worker(processes, mock, tmp_path, env=env, pool=2)
+    plain = start_worker(processes, mock, tmp_path, env=env)
+    pool = start_worker(processes, mock, tmp_path, env={**env, "CLAUDE_POOL_SIZE": "1"}, pool=2)
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {api_key[1]}"
     http.base = base  # type: ignore[attr-defined]
-    wait_for(lambda: alive_workers(http) == 3, timeout=60, message="three workers to register")
+    wait_for(lambda: alive_workers(http) == 4, timeout=60, message="four workers to register")
 
     replies = Replies()
     # Before the outage: more slow jobs than workers, so that some run and some wait in Redis.
@@ -137,11 +142,34 @@ def test_workers_ride_out_a_redis_restart_and_every_accepted_job_ends(
             assert body["error"]["type"] == "overloaded_error" and at >= down_at
 
     # The workers survived, registered again, and the dead one is not counted.
-    assert pool.poll() is None
-    deadline = time.monotonic() + 30
-    while alive_workers(http) != 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    pool_whole = alive_workers(http) == 2
+    assert pool.poll() is None and plain.poll() is None
+    wait_for(lambda: alive_workers(http) == 3, timeout=60, message="the three survivors to register again")
+    alive = [worker.pid for worker in workers_alive(redis=rq)]
+    assert plain.pid in alive
+    assert [parent_pid(pid) for pid in alive if pid != plain.pid] == [pool.pid, pool.pid]
+    # ... and they go on heartbeating.
+    beats = {worker.name: worker.last_heartbeat for worker in Worker.all(connection=rq)}
+    assert len(beats) == 3
+
+    # The pool's warm CLIs serve jobs again (the counters started from zero with the empty Redis).
+    def warm_hit() -> bool:
+        job_id = replies.post(http, f"warm {time.time()} [[mock:text=warm]]").json()["jobId"]
+        job = wait_for(
+            lambda: Job.objects.filter(id=job_id).exclude(state__in=Job.ACTIVE_STATES).first(),
+            timeout=60,
+            message="the job to end",
+        )
+        assert job.state == Job.State.COMPLETED
+        return scrape(http, "claude_cli_pool_hits_total") > 0
+
+    wait_for(warm_hit, timeout=120, interval=1, message="a job on a warm CLI after the restart")
+
+    def all_beat_again() -> bool:
+        now = {worker.name: worker.last_heartbeat for worker in Worker.all(connection=rq)}
+        return now.keys() == beats.keys() and all(now[name] > beats[name] for name in beats)
+
+    wait_for(all_beat_again, timeout=60, interval=0.5, message="every worker to heartbeat again")
+    assert alive_workers(http) == 3
     print(
         f"\nredis outage: lost jobs queued again {requeued_in:.1f} s after Redis came back; "
         f"all {len(accepted)} accepted jobs ended after {recovered_in:.1f} s"
@@ -153,6 +181,16 @@ def test_workers_ride_out_a_redis_restart_and_every_accepted_job_ends(
     for proc in processes.started:
         proc.wait(timeout=15)
         assert group_members(proc.pid) == []
-    if not pool_whole:
-        # Every job ended and nothing was left behind, but a pool worker is not counted alive again.
-        pytest.xfail("known defect: after the restart one of the pool's workers is not registered again")
+
+
+def parent_pid(pid: int | None) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def scrape(http: requests.Session, name: str) -> float:
+    text = requests.get(f"{http.base}/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not on /metrics")

@@ -82,6 +82,50 @@ def test_sigterm_stops_a_busy_rqworker_in_time_and_its_job_runs_again(http, work
     print(f"\nbusy rqworker stopped by SIGTERM in {took:.1f} s (WORKER_STOP_GRACE=1)")
 
 
+def test_sigterm_stops_a_forking_rqworker_in_time_and_the_job_in_its_work_horse_runs_again(
+    http, worker_process
+):
+    fork = {"WORKER_FORK": "true", "CLAUDE_POOL_SIZE": "0"}
+    worker = worker_process(env={**fork, "WORKER_STOP_GRACE": "1"})
+    wait_for(lambda: registered_alive() == 1, timeout=60, message="the worker to register")
+    job = running_job(http, "a long answer [[mock:sleep=6]]")
+    horse = int(job.worker_name.rpartition(":")[2])
+    assert horse != worker.pid and process_alive(horse)  # the job runs in a work horse
+
+    took = stop_and_time(worker)
+    assert took < STOP_BOUND and worker.returncode == 0, (took, worker.returncode)
+    # The grace ran out: the worker stopped its horse (SIGTERM), the horse's CLI went with it.
+    assert not process_alive(horse) and not process_alive(job.cli_pid)
+    assert group_members(worker.pid) == [] and group_members(horse) == []
+    job.refresh_from_db()
+    assert job.state == Job.State.QUEUED and job.worker_name == ""
+    assert registered_alive() == 0 and Worker.count(connection=redis_client()) == 0
+
+    worker_process(env=fork)
+    wait_for(
+        lambda: Job.objects.filter(id=job.id, state=Job.State.COMPLETED).exists(),
+        timeout=90,
+        message="the job to run again and complete",
+    )
+    print(f"\nbusy forking rqworker stopped by SIGTERM in {took:.1f} s (WORKER_STOP_GRACE=1)")
+
+
+def test_sigterm_lets_a_forking_rqworker_finish_a_job_that_ends_within_the_grace(http, worker_process):
+    worker = worker_process(env={"WORKER_FORK": "true", "CLAUDE_POOL_SIZE": "0", "WORKER_STOP_GRACE": "8"})
+    wait_for(lambda: registered_alive() == 1, timeout=60, message="the worker to register")
+    job = running_job(http, "a short answer [[mock:sleep=1]]")
+    horse = int(job.worker_name.rpartition(":")[2])
+
+    took = stop_and_time(worker)
+    assert took < STOP_BOUND and worker.returncode == 0, (took, worker.returncode)
+    job.refresh_from_db()
+    assert job.state == Job.State.COMPLETED, (job.state, job.error_type, job.error_message)
+    assert not process_alive(horse) and not process_alive(job.cli_pid)
+    assert group_members(worker.pid) == [] and group_members(horse) == []
+    assert registered_alive() == 0 and Worker.count(connection=redis_client()) == 0
+    print(f"\nforking rqworker finished its job and stopped by SIGTERM in {took:.1f} s")
+
+
 def test_sigterm_stops_an_idle_rqworker_pool_and_its_warm_clis_in_time(worker_process):
     pool = worker_process(pool=2)
     wait_for(lambda: registered_alive() == 2, timeout=60, message="the pool's workers to register")
