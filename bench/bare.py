@@ -70,8 +70,13 @@ def bare_parallel(setup: Setup, n: int, parallel: int, run_id: str) -> dict[str,
     crowding as the gateway's burst (bench/claude_timed, whose own cost is a few milliseconds)."""
     workdir = Path(setup.env["CLAUDE_WORKDIR"])
     prompts = "".join(f"bare burst {run_id} {i}: name {i} primes\0" for i in range(n)).encode()
-    argv = ["xargs", "-0", "-n", "1", "-P", str(parallel), setup.env["CLAUDE_BIN"], *cli_argv("")[1:-1]]
+    # Each CLI in a session of its own, as the gateway's runner starts them: with the kernel's
+    # autogroup scheduling a session is what shares the CPU with other work on the machine, so the
+    # bare runs and the gateway's get the same share of a loaded machine.
+    argv = ["xargs", "-0", "-n", "1", "-P", str(parallel), "setsid", setup.env["CLAUDE_BIN"]]
+    argv += cli_argv("")[1:-1]
     times = setup.tmp / "bare-times.txt"
+    times.unlink(missing_ok=True)  # a run of its own each time (bench/burst.py repeats it)
     env = {**cli_env(setup), "BENCH_CLI_TIMES": str(times)}
     started = time.monotonic()
     done = subprocess.run(argv, input=prompts, cwd=workdir, env=env, capture_output=True)

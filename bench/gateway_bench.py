@@ -5,16 +5,19 @@
 
 It starts everything itself, on free ports, with a fresh PostgreSQL database and an emptied Redis
 database: the project's mock Anthropic API (tests/mockapi.py, answering at once), the real CLI
-(node_tools/), gunicorn with the production settings and ``manage.py rqworker-pool`` with
-QUEUE_CONCURRENCY workers, as scripts/serve runs them. Then it measures:
+(node_tools/), gunicorn with the production settings and QUEUE_CONCURRENCY rq workers, as
+scripts/serve runs them (``--workers``: one ``manage.py rqworker-pool`` by default, or separate
+``manage.py rqworker --with-scheduler`` processes). Then it measures:
 
 1. the bare CLI: cold latency of sequential runs, and the throughput of ``xargs -P QUEUE_CONCURRENCY``;
 2. end-to-end latency (POST, then GET until the result is visible) of sequential distinct queries:
    "at rest" waits for the warm pool to be ready again between queries (as the bare CLI runs one at
    a time on an idle machine), "back to back" does not;
 3. a burst of distinct queries submitted at once, until all are answered (jobs/s), beside
-   ``xargs -P``; the gateway's own CPU per job during it (web and worker processes, work horses
-   included, the CLI and its MCP servers excluded) and the CLI's;
+   ``xargs -P``, once with the workers as started and once run the other way (rqworker-pool, or
+   separate rqworker processes; ``--burst-rounds`` repeats both with a bare run beside each round);
+   the gateway's own CPU per job during it (web and worker processes, work horses included, the CLI
+   and its MCP servers excluded) and the CLI's, and the jobs' phases read from their rows;
 4. memory (RSS and PSS) per process at rest;
 5. cache hits with wrk at 16 connections, beside a bare Django view (bench/bare_app.py) served by the
    same gunicorn settings, checking every request was recorded (one QueryRequest row each),
@@ -63,7 +66,7 @@ import submit
 import v1  # adds the /v1/ APIs' rows to stream.FIRST_TOKEN_APIS
 from procs import loadavg, say
 from report import machine, report
-from stack import CLAUDE, REPO, Setup, prepare, start_gateway
+from stack import CLAUDE, REPO, WORKER_MODES, Setup, prepare, start_gateway
 
 RESULTS = REPO / "bench" / "results"
 
@@ -94,6 +97,8 @@ CONFIG = (
     "web_threads",
     "web_worker_class",
     "worker_fork",
+    "workers",
+    "burst_rounds",
     "wrk_connections",
     "wrk_threads",
     "wrk_duration",
@@ -120,6 +125,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--web-threads", type=int, help="WEB_THREADS (default: gunicorn.conf.py's)")
     parser.add_argument("--web-worker-class", help="gunicorn --worker-class instead of gunicorn.conf.py's")
     parser.add_argument("--worker-fork", action="store_true", help="WORKER_FORK=true: a work horse per job")
+    parser.add_argument(
+        "--workers",
+        choices=WORKER_MODES,
+        default="pool",
+        help="how the rq workers run: one rqworker-pool (as scripts/serve), or QUEUE_CONCURRENCY separate"
+        " rqworker --with-scheduler processes; the burst is measured both ways (default %(default)s)",
+    )
+    parser.add_argument(
+        "--burst-rounds",
+        type=int,
+        default=1,
+        help="bursts per way of running the workers, each round with a bare xargs -P run of its own"
+        " beside it when more than 1 (the median is reported)",
+    )
     parser.add_argument(
         "--database-url",
         default="postgres://postgres@127.0.0.1:5432/gateway_bench",

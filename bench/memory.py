@@ -30,7 +30,7 @@ def memory(gateway: Gateway) -> dict[str, Any]:
     return {
         "web_master": describe([gateway.web.pid]),
         "web_workers": describe(children(gateway.web.pid)),
-        "worker_pool_master": describe([gateway.workers.pid]) if gateway.workers else describe([]),
+        "worker_pool_master": describe(gateway.workers.masters if gateway.workers else []),
         "workers": describe(workers),
         # Each warm CLI with what it started (and GNU time, bench/claude_timed: about 2 MB).
         "warm_clis": {

@@ -1,5 +1,9 @@
 """What the benchmark runs: a fresh database and Redis, the mock Anthropic API, gunicorn and the rq
-worker pool with its warm CLIs, as scripts/serve runs them; and the client calls to the gateway."""
+workers with their warm CLIs, as scripts/serve runs them; and the client calls to the gateway.
+
+The workers run one of two ways (``--workers``, :data:`WORKER_MODES`): ``pool``, one
+``manage.py rqworker-pool --num-workers N`` whose master forks the N workers; or ``separate``, N
+``manage.py rqworker high default low --with-scheduler`` processes started side by side."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ PYTHON = Path(sys.executable)
 GUNICORN = PYTHON.with_name("gunicorn")
 CLAUDE = REPO / "node_tools" / "node_modules" / ".bin" / "claude"
 FINISHED = ("completed", "failed", "cancelled")
+WORKER_MODES = ("pool", "separate")
 
 
 @dataclass
@@ -55,7 +60,16 @@ class Setup:
         self.started.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen, timeout: float = 20) -> None:
+    def stop(self, proc: subprocess.Popen | Workers, timeout: float = 20) -> None:
+        if isinstance(proc, Workers):
+            # Signalled together, so that their stops' graces overlap.
+            for one in proc.processes:
+                if one.poll() is None:
+                    with suppress(ProcessLookupError):
+                        os.killpg(one.pid, signal.SIGTERM)
+            for one in proc.processes:
+                self.stop(one, timeout)
+            return
         if proc.poll() is None:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -158,10 +172,29 @@ def cli_env(setup: Setup) -> dict[str, str]:
 
 
 @dataclass
+class Workers:
+    """The rq workers as started: one ``rqworker-pool`` master (``pool``) or N ``rqworker`` processes
+    (``separate``)."""
+
+    mode: str
+    processes: list[subprocess.Popen]
+
+    @property
+    def masters(self) -> list[int]:
+        """The processes that run no job: the pool's master (none when the workers run separately)."""
+        return [self.processes[0].pid] if self.mode == "pool" else []
+
+    def worker_pids(self) -> list[int]:
+        if self.mode == "pool":
+            return children(self.processes[0].pid)
+        return [p.pid for p in self.processes if p.poll() is None]
+
+
+@dataclass
 class Gateway:
     url: str
     web: subprocess.Popen
-    workers: subprocess.Popen | None
+    workers: Workers | None
     key: str
 
     def session(self) -> requests.Session:
@@ -172,10 +205,10 @@ class Gateway:
 
 
 def start_gateway(setup: Setup, key: str) -> Gateway:
-    """gunicorn and the rq worker pool, warmed up, with the warm CLI pool ready."""
-    say("starting gunicorn and the rq worker pool")
+    """gunicorn and the rq workers (``--workers``), warmed up, with the warm CLI pool ready."""
+    say(f"starting gunicorn and the rq workers ({setup.args.workers})")
     web, url = start_web(setup, "gateway_project.asgi:application", "web")
-    workers = start_workers(setup)
+    workers = start_workers(setup, setup.args.workers)
     gateway = Gateway(url=url, web=web, workers=workers, key=key)
     warm_up(gateway)
     say(f"warm pool ready after {wait_pool_ready(setup, workers, timeout=90):.1f} s")
@@ -210,20 +243,27 @@ def start_web(setup: Setup, app: str, name: str, **extra_env: str) -> tuple[subp
     return proc, url
 
 
-def start_workers(setup: Setup) -> subprocess.Popen:
-    command = [str(PYTHON), "manage.py", "rqworker-pool", "high", "default", "low"]
-    return setup.spawn(command + ["--num-workers", str(setup.args.concurrency)], "workers")
+def start_workers(setup: Setup, mode: str) -> Workers:
+    """QUEUE_CONCURRENCY rq workers, run ``mode``'s way (:data:`WORKER_MODES`)."""
+    n = setup.args.concurrency
+    if mode == "pool":
+        command = [str(PYTHON), "manage.py", "rqworker-pool", "high", "default", "low"]
+        return Workers(mode, [setup.spawn([*command, "--num-workers", str(n)], "workers")])
+    if mode != "separate":
+        raise ValueError(f"unknown worker mode {mode!r}")
+    command = [str(PYTHON), "manage.py", "rqworker", "high", "default", "low", "--with-scheduler"]
+    return Workers(mode, [setup.spawn(command, f"worker-{i}") for i in range(n)])
 
 
-def worker_pids(pool_master: subprocess.Popen) -> list[int]:
-    return children(pool_master.pid)
+def worker_pids(workers: Workers) -> list[int]:
+    return workers.worker_pids()
 
 
 def warm_clis(workers: list[int]) -> list[int]:
     return [pid for w in workers for pid in children(w) if "--input-format" in cmdline(pid)]
 
 
-def wait_pool_ready(setup: Setup, pool_master: subprocess.Popen, timeout: float = 30) -> float:
+def wait_pool_ready(setup: Setup, workers: Workers, timeout: float = 30) -> float:
     """Wait until every worker has its warm CLIs and they have finished starting (next to no CPU
     used for 0.3 s); returns how long that took."""
     started = time.monotonic()
@@ -232,10 +272,10 @@ def wait_pool_ready(setup: Setup, pool_master: subprocess.Popen, timeout: float 
         return 0.0
 
     def ready() -> bool:
-        workers = worker_pids(pool_master)
-        if len(workers) < setup.args.concurrency:
+        pids = worker_pids(workers)
+        if len(pids) < setup.args.concurrency:
             return False
-        clis = warm_clis(workers)
+        clis = warm_clis(pids)
         if len(clis) < expected:
             return False
         if setup.args.smoke:

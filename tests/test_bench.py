@@ -52,6 +52,8 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
         "End-to-end latency p50, sequential at rest",
         "back to back",
         "Burst of",
+        "QUEUE_CONCURRENCY=2, rqworker-pool",
+        "QUEUE_CONCURRENCY=2, separate rqworker processes",
         "Cache hits, wrk 16 connections",
         "Cache-hit latency p50 / p99",
         "Cache hits recorded",
@@ -76,6 +78,9 @@ def test_the_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
     assert hits["requests"] > 0 and hits["non_2xx"] == 0
     assert hits["requests"] <= hits["recorded"] <= hits["requests"] + raw["config"]["wrk_connections"]
     assert raw["cache_bare"]["requests"] > 0
+    # The burst ran with both ways of running the workers, every job answered.
+    assert set(raw["burst_modes"]) == {"pool", "separate"}
+    assert all(m["median"]["n"] == raw["burst"]["n"] > 0 for m in raw["burst_modes"].values())
     submitted = raw["submissions"]
     assert submitted["non_2xx"] == 0 and submitted["jobs_created"] >= submitted["requests"] > 0
     assert raw["burst"]["clis_reaped"] >= raw["burst"]["n"]  # each job took a CLI of its own
