@@ -271,32 +271,35 @@ def session_record(
 
 
 def _session_store(*, job: Job, session_id: str, content: bytes | None, size: int) -> Session:
-    parent = job.session_parent
     first = job.requests.order_by("created_at").only("api_key_id").first()
     now = timezone.now()
     expires = now + timedelta(seconds=settings.SESSION_TTL)
     user: Any = job.turn_content if job.turn_content is not None else job.query
     prefix = job.lineage_prefix or lineage.lineage_root()
-    session, _ = Session.objects.update_or_create(
-        cli_session_id=session_id,
-        defaults={
-            "api_key_id": first.api_key_id if first is not None else None,
-            "job": job,
-            # The turn before in the conversation, whether this run resumed it or fell back.
-            "parent": parent,
-            "lineage_hash": lineage.lineage_next(prefix, user=user, answer=job.response),
-            "turns": job.turn_number,
-            "input_tokens": job.input_tokens,
-            "output_tokens": job.output_tokens,
-            "cache_read_input_tokens": job.cache_read_input_tokens,
-            "size_bytes": size,
-            "content": content,
-            "last_used_at": now,
-            "expires_at": expires,
-        },
+    fields: dict[str, Any] = {
+        "api_key_id": first.api_key_id if first is not None else None,
+        "job_id": job.id,
+        # The turn before in the conversation, whether this run resumed it or fell back.
+        "parent_id": job.session_parent_id,
+        "lineage_hash": lineage.lineage_next(prefix, user=user, answer=job.response),
+        "turns": job.turn_number,
+        "input_tokens": job.input_tokens,
+        "output_tokens": job.output_tokens,
+        "cache_read_input_tokens": job.cache_read_input_tokens,
+        "size_bytes": size,
+        "content": content,
+        "last_used_at": now,
+        "expires_at": expires,
+    }
+    # One INSERT … ON CONFLICT (a job run again keeps its session's row): the answer waits for it.
+    (session,) = Session.objects.bulk_create(
+        [Session(cli_session_id=session_id, **fields)],
+        update_conflicts=True,
+        unique_fields=["cli_session_id"],
+        update_fields=list(fields),
     )
-    if parent is not None:
-        Session.objects.filter(id=parent.id).update(last_used_at=now, expires_at=expires)
+    if job.session_parent_id is not None:
+        Session.objects.filter(id=job.session_parent_id).update(last_used_at=now, expires_at=expires)
     return session
 
 
