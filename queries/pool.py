@@ -220,30 +220,34 @@ class CliPoolWorkerMixin:
         except Exception:
             logger.warning("could not share the warm CLI pool's model and server set", exc_info=True)
 
-    def _cli_pool_adopt(self) -> None:
-        """Keep CLIs warm for the sets other workers' jobs used lately (the most recent first)."""
+    def _cli_pool_adopt(self) -> bool:
+        """Keep CLIs warm for the sets other workers' jobs used lately (the most recent first);
+        True if that added one this worker did not keep."""
         pool = self._cli_pool
-        assert pool is not None
+        if pool is None:
+            return False
         try:
             members = self.connection.zrevrangebyscore(  # type: ignore[attr-defined]
                 DESCRIPTORS_KEY, "+inf", time.time() - pool.max_age, start=0, num=pool.max_keys
             )
         except Exception:
-            logger.warning("could not read the warm CLI pool's shared sets", exc_info=True)
-            return
+            # Asked on every wake-up: a Redis outage is told by the outage handling, once.
+            logger.debug("could not read the warm CLI pool's shared sets", exc_info=True)
+            return False
+        added = False
         for member in members:
             try:
                 model, servers = json.loads(member)
                 descriptor: Descriptor = (model or None, tuple(sorted(str(name) for name in servers)))
             except (TypeError, ValueError):
                 continue
-            pool.adopt(descriptor)
+            added = pool.adopt(descriptor) or added
+        return added
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # Refill before waiting for work, unless work is waiting or CLIs are answering (module doc).
         pool = self._cli_pool
-        if pool is not None:
-            self._cli_pool_adopt()
+        self._cli_pool_adopt()
         if pool is not None and pool.short():
             if not self._cli_pool_backlog():
                 self._cli_pool_fill()
@@ -271,6 +275,10 @@ class CliPoolWorkerMixin:
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
+        # rq asks on each wake-up of an idle worker (every dequeue_timeout): a set another worker's
+        # job used since is adopted then, and warmed at once.
+        if self._cli_pool_adopt():
+            self._cli_pool_checked = 0.0
         return super().should_run_maintenance_tasks or self._cli_pool_due()  # type: ignore[misc]
 
     def run_maintenance_tasks(self) -> None:

@@ -698,7 +698,9 @@ def test_a_set_one_workers_job_used_is_kept_warm_by_the_other_workers_too(tmp_pa
         assert rq_job.id == str(job_id)
         with workers[0].cli_pool_job(rq_job):
             pass  # the job ran on no warm CLI: its worker learns its set, and tells the others
-        assert workers[1].dequeue_job_and_maintain_ttl(timeout=1, max_idle_time=1) is None
+        # An idle worker's next wake-up (rq asks whether maintenance is due) adopts and warms it.
+        assert workers[1].should_run_maintenance_tasks
+        workers[1].run_maintenance_tasks()
         assert len(pools[1].idle(("claude-x", ()))) == 1
         assert len(pools[1].idle(pool.DEFAULT_DESCRIPTOR)) == 1
         # A set other workers used does not push back one this worker knows itself.
