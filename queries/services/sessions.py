@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -263,7 +263,9 @@ def session_record(
         logger.warning("job %s: the CLI saved no session file for %s", job.id, session_id)
         return None
     try:
-        return _session_store(job=job, session_id=session_id, content=content, size=size)
+        # A savepoint: the caller may hold a transaction that must outlive a failure here.
+        with transaction.atomic():
+            return _session_store(job=job, session_id=session_id, content=content, size=size)
     except DatabaseError:
         # The answer matters more than the chance to continue from it.
         logger.exception("job %s: could not keep its session %s", job.id, session_id)
