@@ -208,7 +208,7 @@ class CliPoolWorkerMixin:
 
     def _cli_pool_share(self, descriptor: Descriptor) -> None:
         """Tell the other workers a job used ``descriptor``: they keep a CLI warm for it too, so a
-        new model or server set costs one cold start, not one per worker."""
+        new model or server set costs cold starts until their next wake-up, not one on each."""
         assert self._cli_pool is not None
         model, servers = descriptor
         now = time.time()
