@@ -61,12 +61,14 @@ import conversation
 import latency
 import memory
 import pool
+import recovery
 import stream
 import submit
 import v1  # adds the /v1/ APIs' rows to stream.FIRST_TOKEN_APIS
+import waiting
 from procs import loadavg, say
 from report import machine, report
-from stack import CLAUDE, REPO, WORKER_MODES, Setup, prepare, start_gateway
+from stack import CLAUDE, REPO, WORKER_MODES, Setup, prepare, start_gateway, start_own_redis
 
 RESULTS = REPO / "bench" / "results"
 
@@ -75,10 +77,13 @@ RESULTS = REPO / "bench" / "results"
 # the gateway starts, as measure(setup, run_id); the others as measure(setup, gateway, run_id).
 BEFORE_GATEWAY = (
     ("latency", bare.sequential),
+    ("waiting", bare.sequential),
+    ("recovery", bare.sequential),
     ("burst", bare.parallel),
 )
 WITH_GATEWAY = (
     ("latency", latency.measure),
+    ("waiting", waiting.measure),
     ("burst", burst.measure),
     (None, memory.measure),
     (None, pool.measure),
@@ -86,6 +91,7 @@ WITH_GATEWAY = (
     ("cache", v1.cache_hits),
     ("stream", stream.first_token),
     ("conversation", conversation.measure),
+    ("recovery", recovery.measure),  # kills a worker and restarts Redis (--own-redis)
     ("submit", submit.measure),  # stops the workers: only what needs none follows
     ("stream", stream.idle_streams),
 )
@@ -150,11 +156,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a Redis database to empty (default %(default)s)",
     )
     parser.add_argument(
+        "--own-redis",
+        action="store_true",
+        help="run a redis-server of the benchmark's own on a free port instead of --redis-url"
+        " (always so with the recovery measurement, which restarts it)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         choices=PHASES,
         default=list(PHASES),
-        help="run only these measurements (the bare CLI runs with latency and burst)",
+        help="run only these measurements (the bare CLI runs with latency, waiting, recovery and burst)",
     )
     parser.add_argument(
         "--out", type=Path, help="the Markdown report (default bench/results/bench-<time>.md)"
@@ -179,10 +191,14 @@ def check_tools() -> None:
 def run_measurements(setup: Setup, run_id: str) -> dict[str, Any]:
     """Prepare the stack, run the bare CLI, start the gateway and measure it; returns the figures."""
     phases = set(setup.args.only)
+    if setup.args.own_redis or "recovery" in phases:
+        start_own_redis(setup)
     key = prepare(setup)
     results: dict[str, Any] = {}
+    done = set()
     for phase, measure in BEFORE_GATEWAY:
-        if phase in phases:
+        if phase in phases and measure not in done:
+            done.add(measure)
             results.update(measure(setup, run_id))
     gateway = start_gateway(setup, key)
     for phase, measure in WITH_GATEWAY:

@@ -90,6 +90,64 @@ def latency_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+# The waiting clients' targets, as a fraction of the bare CLI's cold p50: at rest, back to back.
+WAITING_TARGETS = {"rest": 0.15, "back_to_back": 0.3}
+WAITING_MODES = {"rest": "at rest", "back_to_back": "back to back"}
+
+
+def waiting_rows(r: dict[str, Any], key: str = "waiting", label: str = "") -> list[Row]:
+    bare = r.get("bare_sequential")
+    rows = []
+    for name, modes in r[key]["clients"].items():
+        for mode, figures in modes.items():
+            target = WAITING_TARGETS[mode]
+            ratio = figures["p50"] / bare["p50"] if bare else float("nan")
+            failed = f", {figures['failed']} failed" if figures["failed"] else ""
+            rows.append(
+                row(
+                    f"E2E p50 / p95{label}, {name}, {WAITING_MODES[mode]} ({figures['n']} queries{failed})",
+                    f"{fmt(figures['p50'], 's')} / {fmt(figures['p95'], 's')}",
+                    f"bare CLI cold p50 {fmt(bare['p50'], 's')}" if bare else "",
+                    f"{ratio:.2f}×",
+                    f"≤ {target:g}× {verdict(ratio <= target)}",
+                )
+            )
+    steps = r[key]["breakdown"]
+    rest, b2b = steps.get("rest", {}), steps.get("back_to_back", {})
+    for step in rest:
+        rows.append(
+            row(
+                f"  step p50{label}: {step}",
+                f"{fmt(rest[step]['p50_ms'], 'ms')} at rest (n {rest[step]['n']})",
+                f"{fmt(b2b[step]['p50_ms'], 'ms')} back to back" if step in b2b else "",
+            )
+        )
+    return rows
+
+
+def recovery_rows(r: dict[str, Any]) -> list[Row]:
+    rec = r["recovery"]
+    rows = [
+        row(
+            "Recovery: SIGKILL of an rq worker and its CLIs",
+            f"warm pool ready again after {fmt(rec['worker_heal_s'], 's')}"
+            if rec["worker_heal_s"] is not None
+            else "warm pool NOT ready again",
+            f"warm CLIs {rec['warm_before']} before, {rec['warm_after_kill']} after",
+        ),
+        row(
+            "Recovery: the benchmark's Redis restarted (empty)",
+            f"warm pool ready after {fmt(rec['redis_heal_s'], 's')}"
+            if rec["redis_heal_s"] is not None
+            else "warm pool NOT ready again",
+            f"rq workers registered {rec['registered_before']} before, {rec['registered_after']} after",
+        ),
+        row("claude_cli_pool_* before", ", ".join(rec["pool_metrics_before"]) or "none"),
+        row("claude_cli_pool_* after the recovery runs", ", ".join(rec["pool_metrics_after"]) or "none"),
+    ]
+    return rows + waiting_rows({**r, "recovered": rec["waiting"]}, "recovered", " after recovery")
+
+
 def burst_rows(r: dict[str, Any]) -> list[Row]:
     """One row per way of running the workers (bench/burst.py), the stack's own way first."""
     par, concurrency = r["bare_parallel"], r["config"]["concurrency"]
@@ -373,6 +431,8 @@ def stream_rows(r: dict[str, Any]) -> list[Row]:
 # measurement left out (--only) gives no rows.
 SECTIONS = (
     ("latency_rest", latency_rows),
+    ("waiting", waiting_rows),
+    ("recovery", recovery_rows),
     ("burst", burst_rows),
     ("cache_gateway", cache_rows),
     ("v1_cache", v1_cache_rows),

@@ -44,6 +44,7 @@ class Setup:
     mock_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     started: list[subprocess.Popen] = field(default_factory=list)
+    redis: subprocess.Popen | None = None  # the benchmark's own redis-server (--own-redis)
 
     def log(self, name: str):
         return open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
@@ -120,9 +121,58 @@ def start_mock(setup: Setup) -> None:
     port_file = setup.tmp / "mock.port"
     # Usage as the real prompt cache reports it, so a conversation's turns show what they reuse.
     command = [str(PYTHON), "tests/mockapi.py", "--port", "0", "--port-file", str(port_file)]
+    # Each request's arrival time, for the latency breakdown (bench/waiting.py).
+    command += ["--request-log", str(mock_request_log(setup))]
     setup.spawn([*command, "--prompt-cache"], "mockapi")
     port = wait_until(lambda: port_file.exists() and port_file.read_text().strip(), 15, "the mock API")
     setup.mock_url = f"http://127.0.0.1:{port}"
+
+
+def mock_request_log(setup: Setup) -> Path:
+    return setup.tmp / "mock-requests.jsonl"
+
+
+# --- a Redis server of the benchmark's own (--own-redis), which it may restart -------------------------
+
+
+def start_own_redis(setup: Setup, port: int | None = None) -> subprocess.Popen:
+    """A redis-server on a free port (or ``port``), without persistence: what it holds dies with it.
+    Points ``setup.redis_url`` (and the gateway's REDIS_URL, once set) at it."""
+    port = port or free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = setup.spawn(command, "redis")
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {setup.tmp / 'redis'}.log")
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    wait_until(up, 15, "the benchmark's redis-server")
+    setup.redis_url = f"redis://127.0.0.1:{port}/0"
+    if setup.env:
+        setup.env["REDIS_URL"] = setup.redis_url
+    setup.redis = proc
+    return proc
+
+
+def restart_own_redis(setup: Setup, down_for: float = 1.0) -> None:
+    """Stop the benchmark's redis-server and start an empty one on the same port ``down_for`` s later."""
+    proc = setup.redis
+    if proc is None:
+        raise RuntimeError("the benchmark runs no Redis of its own (--own-redis)")
+    port = urlsplit(setup.redis_url).port
+    setup.stop(proc)
+    index = setup.started.index(proc)
+    setup.started.remove(proc)
+    time.sleep(down_for)
+    new = start_own_redis(setup, port)
+    # Stopped after the gateway at the end, as the first one would have been.
+    setup.started.remove(new)
+    setup.started.insert(index, new)
 
 
 def gateway_env(setup: Setup) -> dict[str, str]:

@@ -99,6 +99,15 @@ class CliPool:
         slot = self._slots.setdefault(descriptor, _Slot())
         slot.last_used = time.monotonic()
 
+    def adopt(self, descriptor: Descriptor) -> bool:
+        """Keep CLIs warm for ``descriptor`` too, from the next fill on, if it is not kept already
+        (other processes' jobs use it): unlike :meth:`want`, a descriptor known here is left as it
+        is. True if it was new here."""
+        if descriptor in self._slots:
+            return False
+        self._slots[descriptor] = _Slot()
+        return True
+
     def take(self, descriptor: Descriptor) -> WarmProcess | None:
         """The oldest live, fresh CLI for ``descriptor`` (the likeliest to have finished starting)."""
         slot = self._slots.get(descriptor)

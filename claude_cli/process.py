@@ -224,6 +224,11 @@ class Streams:
                 self.stderr += chunk
                 del self.stderr[:-STDERR_TAIL_BYTES]
 
+    def send_input(self) -> None:
+        """Write what stdin takes now: the prompt goes out before anything else the run does."""
+        if self._stdin is not None and self._input:
+            self._write_input()
+
     def _write_input(self) -> None:
         assert self._stdin is not None
         try:

@@ -176,6 +176,8 @@ def _follow(
     """Supervise a started CLI until it exits or must be stopped, then classify what it printed."""
     pgid = proc.pid  # start_new_session makes the CLI its group's leader
     try:
+        # The prompt first (a warm CLI answers as soon as it has it), then the caller's bookkeeping.
+        streams.send_input()
         if on_start is not None:
             on_start(proc.pid)
         stop_reason = _supervise(proc, streams, config, should_cancel, started, halt)

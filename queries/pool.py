@@ -37,6 +37,7 @@ Hits and misses are counted as ``claude_cli_pool_hits_total`` and ``claude_cli_p
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -56,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 RUN_JOB = "queries.tasks.run_job"
 META_KEY = "cli"
+# The model and server sets jobs ran with lately, each with its last use (a sorted set of
+# ``[model, [servers]]`` JSON by Unix time): every worker keeps CLIs warm for them, not only the
+# ones whose jobs found none. Redis may lose it: workers go on with what they know.
+DESCRIPTORS_KEY = "pool:descriptors"
 
 
 def runner_config() -> RunnerConfig:
@@ -199,10 +204,50 @@ class CliPoolWorkerMixin:
                     pool.retire(warm)
                 if descriptor is not None:
                     pool.want(descriptor)
+                    self._cli_pool_share(descriptor)
+
+    def _cli_pool_share(self, descriptor: Descriptor) -> None:
+        """Tell the other workers a job used ``descriptor``: they keep a CLI warm for it too, so a
+        new model or server set costs cold starts until their next wake-up, not one on each."""
+        assert self._cli_pool is not None
+        model, servers = descriptor
+        now = time.time()
+        try:
+            pipe = self.connection.pipeline(transaction=False)  # type: ignore[attr-defined]
+            pipe.zadd(DESCRIPTORS_KEY, {json.dumps([model, list(servers)]): now})
+            pipe.zremrangebyscore(DESCRIPTORS_KEY, "-inf", now - self._cli_pool.max_age)
+            pipe.execute()
+        except Exception:
+            logger.warning("could not share the warm CLI pool's model and server set", exc_info=True)
+
+    def _cli_pool_adopt(self) -> bool:
+        """Keep CLIs warm for the sets other workers' jobs used lately (the most recent first);
+        True if that added one this worker did not keep."""
+        pool = self._cli_pool
+        if pool is None:
+            return False
+        try:
+            members = self.connection.zrevrangebyscore(  # type: ignore[attr-defined]
+                DESCRIPTORS_KEY, "+inf", time.time() - pool.max_age, start=0, num=pool.max_keys
+            )
+        except Exception:
+            # Asked on every wake-up: a Redis outage is told by the outage handling, once.
+            logger.debug("could not read the warm CLI pool's shared sets", exc_info=True)
+            return False
+        added = False
+        for member in members:
+            try:
+                model, servers = json.loads(member)
+                descriptor: Descriptor = (model or None, tuple(sorted(str(name) for name in servers)))
+            except (TypeError, ValueError):
+                continue
+            added = pool.adopt(descriptor) or added
+        return added
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # Refill before waiting for work, unless work is waiting or CLIs are answering (module doc).
         pool = self._cli_pool
+        self._cli_pool_adopt()
         if pool is not None and pool.short():
             if not self._cli_pool_backlog():
                 self._cli_pool_fill()
@@ -230,6 +275,10 @@ class CliPoolWorkerMixin:
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
+        # rq asks on each wake-up of an idle worker (every dequeue_timeout): a set another worker's
+        # job used since is adopted then, and warmed at once.
+        if self._cli_pool_adopt():
+            self._cli_pool_checked = 0.0
         return super().should_run_maintenance_tasks or self._cli_pool_due()  # type: ignore[misc]
 
     def run_maintenance_tasks(self) -> None:

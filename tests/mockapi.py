@@ -30,6 +30,8 @@ for the prompt text. Without a directive the answer is ``4`` when the prompt con
 ``echo: <first 200 characters of the prompt>`` otherwise. When the message carries a directive more
 than once (a transcript of earlier turns before the new one), the last one wins.
 
+``--request-log FILE`` (``MockAnthropic(request_log=...)``) appends one JSON line per Messages
+request as it arrives: its wall-clock time ``t`` and the prompt's first 200 characters.
 ``GET /_mock/requests`` lists the recorded request bodies (``?since=N``: after the first N),
 ``GET /_mock/turns`` each request's messages as turns (role, text, block types), so a test sees
 which earlier turns reached upstream.
@@ -52,6 +54,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -482,13 +485,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found()
 
     def do_POST(self) -> None:  # noqa: N802
+        received = time.time()
         self.mock._record_hit(self)
         raw = self._read_body()
         if self.route == "/_mock/reset":
             self.mock.reset()
             self._send_json(200, {"ok": True})
         elif self.route == "/v1/messages":
-            self._messages(raw)
+            self._messages(raw, received)
         else:
             self._not_found()
 
@@ -499,7 +503,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_DELETE = do_PATCH = do_PUT
 
-    def _messages(self, raw: bytes) -> None:
+    def _messages(self, raw: bytes, received: float) -> None:
         try:
             body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
@@ -508,11 +512,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, error_body(400, f"mock: invalid JSON body: {exc}"))
             return
         self.mock._record_request(body)
+        turn = Turn.from_body(body)
+        self.mock._log_request(received, turn)
         outage = self.mock.outage
         if outage is not None:
             self._send_json(outage, error_body(outage, "mock: upstream outage"))
             return
-        turn = Turn.from_body(body)
         delay = sleep_seconds(turn)
         if delay and self.mock._stopping.wait(delay):
             self.close_connection = True
@@ -601,9 +606,19 @@ class MockAnthropic:
     ``message_requests()`` / ``hits`` for a consistent snapshot.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, prompt_cache: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        prompt_cache: bool = False,
+        request_log: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        # A file that gets one JSON line per Messages request as it arrives: the wall-clock time
+        # and the prompt's first characters (the benchmark's latency breakdown reads it).
+        self.request_log = request_log
         # Usage as the real API's prompt cache reports it: input tokens by size, the longest prefix
         # an earlier request marked with cache_control read from the cache (prompt_segments).
         self.prompt_cache = prompt_cache
@@ -718,6 +733,13 @@ class MockAnthropic:
         with self._lock:
             self.requests.append(body)
 
+    def _log_request(self, received: float, turn: Turn) -> None:
+        if self.request_log is None:
+            return
+        line = json.dumps({"t": received, "prompt": turn.prompt[:200]}) + "\n"
+        with self._lock, open(self.request_log, "a") as fh:
+            fh.write(line)
+
     def _next_message_id(self) -> int:
         with self._lock:
             return next(self._message_ids)
@@ -745,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--prompt-cache", action="store_true", help="report usage as a prompt cache would")
+    parser.add_argument("--request-log", help="append each Messages request's arrival time and prompt here")
     args = parser.parse_args(argv)
 
     verbose = os.environ.get(VERBOSE_ENV) == "1"
@@ -754,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
 
-    server = MockAnthropic(args.host, args.port, prompt_cache=args.prompt_cache).start()
+    server = MockAnthropic(
+        args.host, args.port, prompt_cache=args.prompt_cache, request_log=args.request_log
+    ).start()
     try:
         if args.port_file:
             _write_port_file(args.port_file, server.port)

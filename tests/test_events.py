@@ -168,3 +168,23 @@ def test_a_new_job_starts_its_stream_with_a_queued_event(client: Any, redis_db: 
         "state": "queued",
         "progress": 0,
     }
+
+
+def test_a_reader_whose_pooled_connection_redis_closed_reads_on_at_once(redis_db: Redis) -> None:
+    """After a Redis restart each pooled connection fails once ("Connection closed by server"): the
+    reader must not take it for an outage and wait a ping period before it looks again."""
+    job = make_job()
+    events.events_append(job.id, {"type": "progress", "state": "queued", "progress": 0})
+    events.events_append(job.id, {"type": "result", "result": {"response": "4"}})
+
+    async def run() -> tuple[list[Any], float]:
+        client = events.async_redis()
+        own_id = await client.client_id()  # a pooled connection, idle now
+        redis_db.client_kill_filter(_id=own_id)  # the server closes it, as a restart would
+        started = time.monotonic()
+        seen = [item async for item in events.job_events(job.id, ping_every=5)]
+        return seen, time.monotonic() - started
+
+    seen, took = asyncio.run(run())
+    assert [event["type"] for _, event in seen] == ["progress", "result"]
+    assert took < 5  # not the ping period the outage path sleeps

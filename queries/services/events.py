@@ -30,6 +30,9 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from core.redis import redis_client, redis_text
@@ -108,6 +111,10 @@ def async_redis() -> aioredis.Redis:
             socket_keepalive=True,
             health_check_interval=30,
             max_connections=settings.EVENTS_MAX_READERS,
+            # A pooled connection the server closed (Redis restarted) fails once: the command is
+            # sent again at once on a new one, instead of the reader taking it for an outage.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
     return client
 

@@ -7,6 +7,7 @@ What follows an outcome: ``request_recorded`` (a joined or cache-answered reques
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 
 import django_rq
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -42,6 +44,19 @@ CANCEL_KEY = "cancel:{}"
 
 
 _queues: dict[str, Any] = {}
+
+# When each step of the job being run here happened (wall-clock seconds): claimed, cli_started (the
+# prompt handed to the CLI), first_event (its first text or tool event), cli_exited, recorded (the
+# final state written), final_event (the event readers wake on). Logged with the job's final line.
+_timings: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "job_timings", default=None
+)
+
+
+def _mark(step: str) -> None:
+    timings = _timings.get()
+    if timings is not None and step not in timings:
+        timings[step] = round(time.time(), 4)
 
 
 def job_enqueue(*, job: Job, at_front: bool = False) -> None:
@@ -79,6 +94,7 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
 
     Returns the finished job, or None if another worker had claimed it (or it was cancelled).
     """
+    entered = round(time.time(), 4)
     if breaker.breaker_open():
         # A worker that was already waiting for work when the breaker opened: leave the job queued.
         waiting = Job.objects.filter(id=job_id, state=Job.State.QUEUED).first()
@@ -91,6 +107,7 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
     if claimed != 1:
         logger.info("job %s was not queued any more; skipping it", job_id)
         return None
+    timings = _timings.set({"job_run": entered, "claimed": round(time.time(), 4)})
     job = Job.objects.get(id=job_id)
     held = False
     try:
@@ -111,6 +128,7 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
     finally:
         if not held:  # a job queued again keeps its mark: identical submissions still join it
             dedup_release(query_hash=job.hash, job_id=job.id)
+        _timings.reset(timings)
 
 
 def _job_execute(*, job: Job) -> Job:
@@ -128,12 +146,14 @@ def _job_execute(*, job: Job) -> Job:
     logs.secrets_register_mcp(invocation.mcp_config)
 
     def on_start(pid: int) -> None:
+        _mark("cli_started")
         Job.objects.filter(id=job.id).update(progress=10, cli_pid=pid)
         events_append(job.id, {"type": "progress", "state": Job.State.RUNNING, "progress": 10})
         metrics.cli_started(job_id=job.id, expected_end=time.time() + settings.RQ_JOB_TIMEOUT)
 
     def on_event(event: dict[str, Any]) -> None:
         # Text deltas and tool activity as the CLI prints them; the final event follows the row.
+        _mark("first_event")
         events_append(job.id, event)
 
     config = pool.runner_config()
@@ -143,6 +163,7 @@ def _job_execute(*, job: Job) -> Job:
         reason = f"the CLI did not resume session {plan.invocation.resume}: {outcome.error_message}"
         plan = sessions.session_fallback(job=job, invocation=invocation, reason=reason)
         outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start, on_event=on_event)
+    _mark("cli_exited")
     # The run took seconds: if PostgreSQL dropped the connection meanwhile, record on a fresh one.
     connections_drop_broken()
     _record_cli_output(job=job, outcome=outcome)
@@ -160,15 +181,24 @@ def _job_execute(*, job: Job) -> Job:
             extra_fields=["cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS],
         )
 
-    job.progress = 80
-    job.save(update_fields=["progress", "response", "cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS])
-    sessions.session_record(job=job, invocation=plan.invocation, config=config, outcome=outcome)
-    # Cache before the job is marked completed: a submission that finds the in-flight mark naming a
-    # finished job goes to the cache next, and must find the answer there. A noCache submission's
-    # answer is cached too: noCache skips the lookup, not the store.
-    if settings.CACHE_ENABLED and route.cacheable and cache_put(job=job, ttl=route.cache_ttl):
-        Job.objects.filter(id=job.id).update(progress=90)
-    return _job_finish(job=job, state=Job.State.COMPLETED)
+    # The answer's writes commit once: each commit waits for the WAL to reach the disk (about 1 ms
+    # on an idle machine, 10 ms on a busy one), and the client is waiting for the last of them.
+    with transaction.atomic():
+        job.progress = 80
+        job.save(
+            update_fields=["progress", "response", "cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS]
+        )
+        _mark("output_saved")
+        sessions.session_record(job=job, invocation=plan.invocation, config=config, outcome=outcome)
+        _mark("session_recorded")
+        # Cache before the job is marked completed: a submission that finds the in-flight mark naming
+        # a finished job goes to the cache next, and must find the answer there. A noCache
+        # submission's answer is cached too: noCache skips the lookup, not the store.
+        if settings.CACHE_ENABLED and route.cacheable and cache_put(job=job, ttl=route.cache_ttl):
+            Job.objects.filter(id=job.id).update(progress=90)
+        _mark("cached")
+        _job_final_state(job=job, state=Job.State.COMPLETED)
+    return _job_announce(job=job)
 
 
 def _run_planned(
@@ -302,6 +332,11 @@ def _job_complete_from_cache(*, job: Job, entry: dict[str, Any]) -> Job:
 
 
 def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Job:
+    _job_final_state(job=job, state=state, extra_fields=extra_fields)
+    return _job_announce(job=job)
+
+
+def _job_final_state(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> None:
     # Cleared before the final state is written, so whoever sees the job finished sees no mark either.
     # A submission in between finds no mark and makes a new job: the cache holds a success's answer
     # already, and a failure's answer is never reused.
@@ -310,8 +345,13 @@ def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Jo
     job.progress = 100
     job.finished_at = timezone.now()
     job.save(update_fields=["state", "progress", "finished_at", "error_type", "error_message", *extra_fields])
-    logger.info("job %s %s", job.id, state)
+
+
+def _job_announce(*, job: Job) -> Job:
+    """The final state is committed: the final event (readers then read the row), and the rest."""
+    _mark("recorded")
     job_finished(job=job)
+    logger.info("job %s %s", job.id, job.state, extra={"timings": _timings.get() or {}})
     return job
 
 
@@ -325,6 +365,7 @@ def job_finished(*, job: Job) -> None:
     """A job reached a final state: every request that points to it now has its outcome."""
     # The stream's last entry: every reader of the job's events ends on it.
     events_final_append(job)
+    _mark("final_event")
     quotas.quota_jobs_release(job=job)
     metrics.job_finished_counted(job=job)
     logs.job_failure_log(job=job)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -263,7 +263,9 @@ def session_record(
         logger.warning("job %s: the CLI saved no session file for %s", job.id, session_id)
         return None
     try:
-        return _session_store(job=job, session_id=session_id, content=content, size=size)
+        # A savepoint: the caller may hold a transaction that must outlive a failure here.
+        with transaction.atomic():
+            return _session_store(job=job, session_id=session_id, content=content, size=size)
     except DatabaseError:
         # The answer matters more than the chance to continue from it.
         logger.exception("job %s: could not keep its session %s", job.id, session_id)
@@ -271,32 +273,35 @@ def session_record(
 
 
 def _session_store(*, job: Job, session_id: str, content: bytes | None, size: int) -> Session:
-    parent = job.session_parent
     first = job.requests.order_by("created_at").only("api_key_id").first()
     now = timezone.now()
     expires = now + timedelta(seconds=settings.SESSION_TTL)
     user: Any = job.turn_content if job.turn_content is not None else job.query
     prefix = job.lineage_prefix or lineage.lineage_root()
-    session, _ = Session.objects.update_or_create(
-        cli_session_id=session_id,
-        defaults={
-            "api_key_id": first.api_key_id if first is not None else None,
-            "job": job,
-            # The turn before in the conversation, whether this run resumed it or fell back.
-            "parent": parent,
-            "lineage_hash": lineage.lineage_next(prefix, user=user, answer=job.response),
-            "turns": job.turn_number,
-            "input_tokens": job.input_tokens,
-            "output_tokens": job.output_tokens,
-            "cache_read_input_tokens": job.cache_read_input_tokens,
-            "size_bytes": size,
-            "content": content,
-            "last_used_at": now,
-            "expires_at": expires,
-        },
+    fields: dict[str, Any] = {
+        "api_key_id": first.api_key_id if first is not None else None,
+        "job_id": job.id,
+        # The turn before in the conversation, whether this run resumed it or fell back.
+        "parent_id": job.session_parent_id,
+        "lineage_hash": lineage.lineage_next(prefix, user=user, answer=job.response),
+        "turns": job.turn_number,
+        "input_tokens": job.input_tokens,
+        "output_tokens": job.output_tokens,
+        "cache_read_input_tokens": job.cache_read_input_tokens,
+        "size_bytes": size,
+        "content": content,
+        "last_used_at": now,
+        "expires_at": expires,
+    }
+    # One INSERT … ON CONFLICT (a job run again keeps its session's row): the answer waits for it.
+    (session,) = Session.objects.bulk_create(
+        [Session(cli_session_id=session_id, **fields)],
+        update_conflicts=True,
+        unique_fields=["cli_session_id"],
+        update_fields=list(fields),
     )
-    if parent is not None:
-        Session.objects.filter(id=parent.id).update(last_used_at=now, expires_at=expires)
+    if job.session_parent_id is not None:
+        Session.objects.filter(id=job.session_parent_id).update(last_used_at=now, expires_at=expires)
     return session
 
 
