@@ -22,6 +22,9 @@ from django.utils.module_loading import import_string
 from core.db import connections_reset
 
 FAST_PATH_TRIED = "gateway.fast_path_tried"
+# What a fast path on the event loop (settings.LOOP_FAST_PATHS, core.asgi) returns for a request it
+# cannot answer without a blocking call: the path's FAST_PATHS function is asked on a thread instead.
+ON_THREAD = object()
 
 
 class MiddlewareList:
