@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import redis
 import requests
-from procs import say, wait_until
+from procs import say, tree_cpu, wait_until
 from stack import Gateway, Setup, count_rows, post, start_web, wait_result
 from wrk import wrk, wrk_warm_up
 
@@ -56,7 +56,9 @@ def gateway_hits(setup: Setup, gateway: Gateway, script: str) -> dict[str, Any]:
     wrk_warm_up(setup, gateway.url, script, "cache-gateway")
     wait_until(lambda: journal.xlen("journal:requests") == 0, 60, "the request journal to drain")
     before = count_rows(setup, RECORDED)
+    cpu = tree_cpu(gateway.web.pid)
     ours = wrk(setup, gateway.url, script, "cache-gateway")
+    ours["web_cpu_ms_per_request"] = cpu_ms_per_request(gateway.web.pid, cpu, ours)
     started = time.monotonic()
     wait_until(lambda: journal.xlen("journal:requests") == 0, 60, "the request journal to drain")
     ours["journal_drain_s"] = time.monotonic() - started
@@ -74,6 +76,18 @@ def bare_hits(setup: Setup, script: str, body: str, job_id: str, cache_key: str)
         if check.status_code != 200 or json.loads(check.content)["jobId"] != job_id:
             raise RuntimeError(f"the bare view does not answer the cached entry: {check.status_code}")
         wrk_warm_up(setup, bare_url, script, "cache-bare")
-        return wrk(setup, bare_url, script, "cache-bare")
+        cpu = tree_cpu(bare_proc.pid)
+        bare = wrk(setup, bare_url, script, "cache-bare")
+        bare["web_cpu_ms_per_request"] = cpu_ms_per_request(bare_proc.pid, cpu, bare)
+        return bare
     finally:
         setup.stop(bare_proc)
+
+
+def cpu_ms_per_request(pid: int, cpu_before: float | None, figures: dict[str, Any]) -> float | None:
+    """The web's CPU (gunicorn and its workers) per request wrk made since ``cpu_before``: what a
+    request costs whatever else loads the machine."""
+    cpu_after = tree_cpu(pid)
+    if cpu_before is None or cpu_after is None or not figures.get("requests"):
+        return None
+    return round((cpu_after - cpu_before) * 1000 / figures["requests"], 3)

@@ -224,6 +224,7 @@ def cache_rows(r: dict[str, Any]) -> list[Row]:
             "",
             f"p99 < 15 ms {verdict(ours['p99_ms'] < 15)}",
         ),
+        *cpu_row(ours, ref),
         row(
             "Cache hits recorded (QueryRequest rows / answers)",
             f"{ours['recorded']:,} / {ours['requests']:,}",
@@ -231,6 +232,22 @@ def cache_rows(r: dict[str, Any]) -> list[Row]:
             "",
             f"every request {verdict(every)}",
         ),
+    ]
+
+
+def cpu_row(ours: dict[str, Any], ref: dict[str, Any]) -> list[Row]:
+    """Web CPU per request (gunicorn and its workers): steadier than rates on a loaded machine."""
+    mine, bare = ours.get("web_cpu_ms_per_request"), ref.get("web_cpu_ms_per_request")
+    if not mine or not bare:
+        return []
+    return [
+        row(
+            "Web CPU per cache hit",
+            f"{mine:.2f} ms",
+            f"bare: {bare:.2f} ms",
+            f"{mine / bare:.2f}×",
+            "",
+        )
     ]
 
 
@@ -424,6 +441,17 @@ def stream_rows(r: dict[str, Any]) -> list[Row]:
                 f"≥ 0.9× {verdict(ratio >= 0.9)}",
             )
         )
+        before, during = r["cache_gateway"].get("web_cpu_ms_per_request"), s.get("web_cpu_ms_per_hit")
+        if before and during:
+            rows.append(
+                row(
+                    "Web CPU per cache hit with the streams open",
+                    f"{during:.2f} ms",
+                    f"without them: {before:.2f} ms",
+                    f"{during / before:.2f}×",
+                    "",
+                )
+            )
     return rows
 
 

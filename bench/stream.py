@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from cache import WRK_SAME
+from cache import WRK_SAME, cpu_ms_per_request
 from figures import percentile
-from procs import descendants, memory_kib, say
+from procs import descendants, memory_kib, say, tree_cpu
 from stack import CLAUDE, Gateway, Setup, cli_env, post, wait_pool_ready, wait_result
 from wrk import wrk
 
@@ -172,7 +172,9 @@ def idle_streams(setup: Setup, gateway: Gateway, run_id: str) -> dict[str, Any]:
         raise RuntimeError("the streams did not open within 120 s")
     opened = web_rss_kib(gateway)
     script = WRK_SAME.format(body=json.dumps(json.dumps({"query": _cached_query(run_id)})), key=gateway.key)
+    cpu = tree_cpu(gateway.web.pid)
     hits = wrk(setup, gateway.url, script, "cache-with-streams", duration=max(1, round(hold)))
+    cpu_per_hit = cpu_ms_per_request(gateway.web.pid, cpu, hits)
     after = web_rss_kib(gateway)
     holder.release.set()
     holder.join(60)
@@ -187,6 +189,8 @@ def idle_streams(setup: Setup, gateway: Gateway, run_id: str) -> dict[str, Any]:
             "web_rss_after_kib": after,
             "cache_hits_per_second": hits["per_second"],
             "cache_hits_non_2xx": hits["non_2xx"],
+            "cache_hits_p99_ms": hits.get("p99_ms"),
+            "web_cpu_ms_per_hit": cpu_per_hit,
         }
     }
 

@@ -24,18 +24,19 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
 from django.urls import Resolver404, get_resolver
+from django.utils.module_loading import import_string
 
 from core.asgi_body import Receive, Scope, Send, body_limited, content_length, is_chunked
 from core.db import connections_drop_broken
 from core.errors import STATUS_TYPES, error_body
-from core.handlers import FAST_PATH_TRIED, GatewayWSGIHandler, MiddlewareList, api_middleware
+from core.handlers import FAST_PATH_TRIED, ON_THREAD, GatewayWSGIHandler, MiddlewareList, api_middleware
 
 # gunicorn's limit_request_line, limit_request_field_size and limit_request_fields, kept as they were.
 LIMIT_REQUEST_LINE = 8190
@@ -89,6 +90,10 @@ class GatewayASGIHandler:
         self.api_async = _AsyncViewHandler(api_middleware())
         self.site_async = _AsyncViewHandler(list(settings.MIDDLEWARE))
         self.api_prefixes = tuple(settings.API_PATH_PREFIXES)
+        self.loop_fast_paths = {
+            (method, path): import_string(function)
+            for (method, path), function in getattr(settings, "LOOP_FAST_PATHS", {}).items()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -121,22 +126,26 @@ class GatewayASGIHandler:
         await self.threaded(scope, receive, send)
 
     async def _fast(self, fast: Callable[..., Any], scope: Scope, receive: Receive, send: Send) -> None:
-        """A fast path (a cache hit) run on a web thread, its reply sent from the loop: one hop
-        each way. On the loop itself its Redis round trip would stall every stream of the process.
-        What it declines goes on to the WSGI handler with its body intact, the fast path not
-        tried again."""
+        """A fast path (a cache hit), its reply sent from the loop. Its LOOP_FAST_PATHS coroutine runs
+        on the loop itself, no thread hop at all, when it can answer without a blocking call; else
+        the FAST_PATHS function runs on a web thread (one hop each way: on the loop its blocking
+        Redis round trip would stall every stream of the process). What it declines goes on to the
+        WSGI handler with its body intact, the fast path not tried again."""
         length = content_length(scope)
         if length is None or length > _PREREAD_BYTES:
             await self.threaded(scope, receive, send)
             return
         environ = wsgi_environ(scope, io.BytesIO(await _read_body(receive, length)))
-        loop = asyncio.get_running_loop()
-        answered = await loop.run_in_executor(self.threaded.executor, fast, environ)
+        on_loop = self.loop_fast_paths.get((scope["method"], scope["path"]))
+        answered = ON_THREAD if on_loop is None else await on_loop(environ)
+        if answered is ON_THREAD:
+            loop = asyncio.get_running_loop()
+            answered = await loop.run_in_executor(self.threaded.executor, fast, environ)
         if answered is None:
             environ[FAST_PATH_TRIED] = True
             await self.threaded.call(environ, send)
             return
-        response = answered[1]
+        response = cast(tuple[Any, Any], answered)[1]
         headers = [(k.encode("latin1"), v.encode("latin1")) for k, v in response.items()]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": response.content})

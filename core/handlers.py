@@ -24,6 +24,9 @@ from core.db import connections_reset
 FAST_PATH_TRIED = "gateway.fast_path_tried"
 # Set on a request this handler runs again if it lost the database: views leave the retry to it.
 DATABASE_RETRY = "gateway.database_retry"
+# What a fast path on the event loop (settings.LOOP_FAST_PATHS, core.asgi) returns for a request it
+# cannot answer without a blocking call: the path's FAST_PATHS function is asked on a thread instead.
+ON_THREAD = object()
 
 
 class MiddlewareList:

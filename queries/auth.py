@@ -112,6 +112,24 @@ def api_key_lookup_deferred(key: str, *, deferred_check: bool = True) -> tuple[A
     return api_key, version
 
 
+def api_key_held(key: str) -> tuple[ApiKey, bytes | None] | None:
+    """api_key_lookup_deferred's answer when it needs neither Redis nor the database: a valid key this
+    process holds, whose last_used_at is recent enough not to be written. None otherwise (then call
+    api_key_lookup_deferred, which may do either), whether the key is valid or not."""
+    if len(key) > KEY_MAX_CHARS or settings.API_KEY_CACHE_SECONDS <= 0:
+        return None
+    digest = ApiKey.hash_key(key)
+    held = _cached_keys.get(digest)
+    if held is None or held[0] <= time.monotonic():
+        return None
+    expires, version, api_key = held
+    if not hmac.compare_digest(api_key.key_hash, digest) or not api_key.is_active or api_key.is_expired:
+        return None
+    if api_key.last_used_at is None or timezone.now() - api_key.last_used_at > LAST_USED_RESOLUTION:
+        return None
+    return api_key, version
+
+
 def api_keys_forget() -> None:
     """Drop the keys this process holds (the cache-hit path found the keys version moved on)."""
     _cached_keys.clear()

@@ -34,6 +34,7 @@ from django.http import HttpResponse
 from django.middleware.security import SecurityMiddleware
 
 from core import logs
+from core.handlers import ON_THREAD
 from core.limits import request_limits_refusal
 from core.middleware import HttpMetricsMiddleware
 from core.parsers import json_loads_strict
@@ -49,6 +50,8 @@ _PRIORITIES = frozenset(Priority.values)
 _JSON_TYPES = frozenset(
     ("application/json", "application/json; charset=utf-8", "application/json;charset=utf-8")
 )
+
+Answered = tuple[WSGIRequest, HttpResponse]
 
 
 class _Parts:
@@ -96,6 +99,29 @@ def _plain_body(request: WSGIRequest) -> dict[str, Any] | None:
 
 
 def _answer(request: WSGIRequest, request_id: Any) -> HttpResponse | None:
+    inputs = _inputs(request)
+    if inputs is None:
+        return None
+    data, key = inputs
+    # The key as this process holds it; the answering script checks it is still current.
+    api_key, keys_version = auth.api_key_lookup_deferred(key)
+    if api_key is None or api_key.rate_limit_per_minute is not None:
+        return None
+    try:
+        submission = services.query_cache_answer(api_key=api_key, keys_version=keys_version, **_query(data))
+    except journal.KeysChanged:
+        auth.api_keys_forget()
+        return None
+    return _reply(submission, request_id)
+
+
+def _query(data: dict[str, Any]) -> dict[str, Any]:
+    priority = data.get("priority", Priority.NORMAL)
+    return {"query": data["query"], "priority": priority, "model": data.get("model")}
+
+
+def _inputs(request: WSGIRequest) -> tuple[dict[str, Any], str] | None:
+    """The body and the presented key of a request this path may answer, else None."""
     if settings.SECURE_SSL_REDIRECT and not request.is_secure():
         return None
     data = _plain_body(request)
@@ -107,21 +133,10 @@ def _answer(request: WSGIRequest, request_id: Any) -> HttpResponse | None:
         return None
     if key is None:
         return None
-    # The key as this process holds it; the answering script checks it is still current.
-    api_key, keys_version = auth.api_key_lookup_deferred(key)
-    if api_key is None or api_key.rate_limit_per_minute is not None:
-        return None
-    try:
-        submission = services.query_cache_answer(
-            api_key=api_key,
-            query=data["query"],
-            priority=data.get("priority", Priority.NORMAL),
-            model=data.get("model"),
-            keys_version=keys_version,
-        )
-    except journal.KeysChanged:
-        auth.api_keys_forget()
-        return None
+    return data, key
+
+
+def _reply(submission: services.Submission | None, request_id: Any) -> HttpResponse | None:
     if submission is None:
         return None
     logs.bind(job_id=submission.job_id)
@@ -142,11 +157,24 @@ def _answer(request: WSGIRequest, request_id: Any) -> HttpResponse | None:
     return response
 
 
-def cache_hit_response(environ: dict[str, Any]) -> tuple[WSGIRequest, HttpResponse] | None:
-    """The reply to a plain cache hit, or None (with ``wsgi.input`` still holding the whole body)."""
+def _finish(request: WSGIRequest, response: HttpResponse, started: float) -> None:
+    """What the full path's middleware does to and for the reply: headers, metrics, the access line."""
     global _parts
     if _parts is None:
         _parts = _Parts()
+    _parts.security.process_response(request, response)
+    _parts.metrics.record(request, response, started, view=VIEW_NAME)
+    logs.access_line(request, response, started)
+
+
+def _hand_on(environ: dict[str, Any], request: WSGIRequest) -> None:
+    if hasattr(request, "_body"):
+        # The body was read from the socket: hand it on to the full path.
+        environ["wsgi.input"] = io.BytesIO(request._body)
+
+
+def cache_hit_response(environ: dict[str, Any]) -> Answered | None:
+    """The reply to a plain cache hit, or None (with ``wsgi.input`` still holding the whole body)."""
     started = time.perf_counter()
     request = WSGIRequest(environ)
     with logs.request_scope() as request_id:
@@ -157,11 +185,54 @@ def cache_hit_response(environ: dict[str, Any]) -> tuple[WSGIRequest, HttpRespon
             logger.debug("the cache-hit path declined after an error", exc_info=True)
             response = None
         if response is None:
-            if hasattr(request, "_body"):
-                # The body was read from the socket: hand it on to the full path.
-                environ["wsgi.input"] = io.BytesIO(request._body)
+            _hand_on(environ, request)
             return None
-        _parts.security.process_response(request, response)
-        _parts.metrics.record(request, response, started, view=VIEW_NAME)
-        logs.access_line(request, response, started)
+        _finish(request, response, started)
     return request, response
+
+
+async def cache_hit_response_on_loop(environ: dict[str, Any]) -> Answered | object | None:
+    """cache_hit_response on the ASGI event loop (core/asgi.py), its one Redis round trip over
+    redis.asyncio: no thread hop each way, and the same reply, record, count, metrics and access line.
+
+    Only what needs no blocking call is answered here: a key this process holds (and need not mark
+    used), routing rules loaded and fresh. For anything else it returns ``ON_THREAD`` before doing
+    anything, and cache_hit_response runs on a thread as it always did. None, as there: the full
+    path (a miss, an error, a key that changed), nothing recorded, the body intact.
+    """
+    started = time.perf_counter()
+    request = WSGIRequest(environ)
+    with logs.request_scope() as request_id:
+        try:
+            response = await _answer_on_loop(request, request_id)
+        except services.NeedsThread:
+            response = ON_THREAD
+        except Exception:
+            logger.debug("the cache-hit path declined after an error", exc_info=True)
+            response = None
+        if not isinstance(response, HttpResponse):
+            _hand_on(environ, request)
+            return response
+        _finish(request, response, started)
+    return request, response
+
+
+async def _answer_on_loop(request: WSGIRequest, request_id: Any) -> HttpResponse | object | None:
+    inputs = _inputs(request)
+    if inputs is None:
+        return None
+    data, key = inputs
+    held = auth.api_key_held(key)
+    if held is None:
+        return ON_THREAD  # the key is not held, or is due to be marked used: a database round trip
+    api_key, keys_version = held
+    if api_key.rate_limit_per_minute is not None:
+        return None
+    try:
+        submission = await services.query_cache_answer_on_loop(
+            api_key=api_key, keys_version=keys_version, **_query(data)
+        )
+    except journal.KeysChanged:
+        auth.api_keys_forget()
+        return ON_THREAD  # the key is read again there, and the hit answered if it still may be
+    return _reply(submission, request_id)

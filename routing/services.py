@@ -113,6 +113,12 @@ class _RuleCache:
                 routes[query] = route
         return route
 
+    def route_held(self, query: str) -> Route | None:
+        """route() when the rules need no reload from the database, else None."""
+        if time.monotonic() - self._loaded_at >= settings.ROUTING_REFRESH_SECONDS:
+            return None
+        return self.route(query)
+
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")
 
@@ -166,6 +172,13 @@ def route_query(*, query: str) -> Route:
     if not settings.MCP_ENABLED:
         return Route()
     return _cache.route(query)
+
+
+def route_query_held(*, query: str) -> Route | None:
+    """route_query's answer when it needs no database read (the rules are loaded and fresh), else None."""
+    if not settings.MCP_ENABLED:
+        return Route()
+    return _cache.route_held(query)
 
 
 def route_for_job(*, intent: str, server_names: list[str]) -> Route:

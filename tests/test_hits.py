@@ -43,6 +43,10 @@ def wsgi_post(body: object, *, key: str | None, content_type: str = "application
 @pytest.fixture
 def cached(api_key):
     """An answer in the cache for QUERY, for the api_key fixture's key; returns (key row, key, job)."""
+    return cache_entry(api_key)
+
+
+def cache_entry(api_key):
     row, key = api_key
     route = route_query(query=QUERY)
     digest = services.query_hash(

@@ -70,7 +70,14 @@ from queries.services.run import (
     request_recorded,
 )
 from queries.services.stats import dashboard_figures, request_figures
-from queries.services.submit import Submission, job_get_for_caller, query_cache_answer, query_submit
+from queries.services.submit import (
+    NeedsThread,
+    Submission,
+    job_get_for_caller,
+    query_cache_answer,
+    query_cache_answer_on_loop,
+    query_submit,
+)
 from queries.services.workers import LiveWorker, workers_alive
 
 __all__ = [
@@ -120,6 +127,8 @@ __all__ = [
     "jobs_retry_failed",
     "normalize_query",
     "query_cache_answer",
+    "query_cache_answer_on_loop",
+    "NeedsThread",
     "query_hash",
     "query_submit",
     "request_figures",

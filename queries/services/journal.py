@@ -21,6 +21,7 @@ JOURNAL_CLAIM_IDLE_MS.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,10 +37,11 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from core import metrics
 from core.redis import redis_client
+from core.redis_loop import LoopRedis
 from queries.auth import KEYS_VERSION_KEY
 from queries.models import ApiKey, Job, QueryRequest
 from queries.services.cache import cache_entry_purge
@@ -72,6 +74,7 @@ redis.call('XADD', KEYS[2], '*', 'r', string.sub(ARGV[1], 1, -2) .. ',"jobId":"'
 if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[2], 1) end
 return entry
 """
+_HIT_SCRIPT_SHA = hashlib.sha1(_HIT_SCRIPT.encode()).hexdigest()
 _scripts: dict[int, Any] = {}
 
 
@@ -137,6 +140,23 @@ def journal_cache_hit(
     if entry == 0:
         raise KeysChanged
     return entry
+
+
+async def journal_cache_hit_on_loop(
+    *, cache_key: str, record: JournalRecord, redis: LoopRedis, keys_version: bytes | None = None
+) -> bytes | None:
+    """journal_cache_hit on the event loop (core.redis_loop): the same script, by EVALSHA, and EVAL
+    once when Redis does not know it (a restart)."""
+    field = metrics.field_name("claude_cache_hits_total") if settings.METRICS_ENABLED else ""
+    args: tuple[str | bytes, ...] = (cache_key, STREAM_KEY, metrics.COUNTERS_KEY, KEYS_VERSION_KEY)
+    args += (record.to_json(), field, keys_version or b"")
+    try:
+        entry = await redis.execute("EVALSHA", _HIT_SCRIPT_SHA, 4, *args)
+    except NoScriptError:
+        entry = await redis.execute("EVAL", _HIT_SCRIPT, 4, *args)
+    if entry == 0:
+        raise KeysChanged
+    return cast(bytes | None, entry)
 
 
 # --- recording ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from core import logs, metrics
 from core.errors import GatewayError, Overloaded
 from core.redis import redis_client
+from core.redis_loop import loop_redis
 from queries import quotas
 from queries.auth import cache_scope
 from queries.lineage import History
@@ -39,7 +40,7 @@ from queries.services.dedup import (
 )
 from queries.services.events import events_append
 from queries.services.run import job_enqueue, job_fail, request_recorded
-from routing.services import Route, route_query
+from routing.services import Route, route_query, route_query_held
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,16 @@ def _query_route_and_hash(
         lineage=lineage,
     )
     return normalized, route, digest
+
+
+def _query_hash(*, api_key: ApiKey | None, query: str, model: str | None, route: Route) -> str:
+    """_query_route_and_hash's hash for a plain query whose route is known."""
+    return query_hash(
+        normalized=normalize_query(query),
+        model=model,
+        servers=route.server_names,
+        scope=cache_scope(api_key=api_key),
+    )
 
 
 def _request_fields(
@@ -143,6 +154,49 @@ def query_cache_answer(
     return _submit_from_cache_journaled(
         query_hash=digest, redis=redis_client(), request_fields=fields, keys_version=keys_version
     )
+
+
+async def query_cache_answer_on_loop(
+    *,
+    api_key: ApiKey,
+    query: str,
+    priority: str = Priority.NORMAL,
+    model: str | None = None,
+    keys_version: bytes | None,
+) -> Submission | None:
+    """query_cache_answer on the event loop, its round trip over redis.asyncio: the same checks, the
+    same script, the same record and count, without a thread.
+
+    Raises NeedsThread when an answer would need a database read (the routing rules are due for
+    reloading) or a Redis this loop's client does not speak (TLS): query_cache_answer, on a thread,
+    gives it. Raises RedisError where query_cache_answer
+    treats it as a miss, so that the caller hands the request to the full path.
+    """
+    if not (settings.CACHE_ENABLED and settings.CACHE_HIT_JOURNAL):
+        return None
+    quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
+    route = route_query_held(query=query)
+    if route is None:
+        raise NeedsThread
+    if not route.cacheable:
+        return None
+    redis = loop_redis()
+    if redis is None:
+        raise NeedsThread
+    digest = _query_hash(api_key=api_key, query=query, model=model, route=route)
+    fields = _request_fields(api_key=api_key, query=query, digest=digest, priority=priority, model=model)
+    record = _journal_record(fields)
+    raw = await journal.journal_cache_hit_on_loop(
+        cache_key=CACHE_KEY.format(digest),
+        record=record,
+        redis=redis,
+        keys_version=keys_version,
+    )
+    return None if raw is None else _cached_submission(record, raw)
+
+
+class NeedsThread(Exception):
+    """The answer needs a blocking call: ask for it from a thread."""
 
 
 def query_submit(
@@ -277,8 +331,22 @@ def _submit_from_cache_journaled(
 
     Raises journal.KeysChanged when ``keys_version`` is given and no longer current.
     """
+    record = _journal_record(request_fields)
+    try:
+        raw = journal.journal_cache_hit(
+            cache_key=CACHE_KEY.format(query_hash), record=record, redis=redis, keys_version=keys_version
+        )
+    except RedisError:
+        logger.warning("cache lookup failed; treating as a miss", exc_info=True)
+        return None
+    if raw is None:
+        return None
+    return _cached_submission(record, raw)
+
+
+def _journal_record(request_fields: dict[str, Any]) -> journal.JournalRecord:
     api_key = request_fields["api_key"]
-    record = journal.JournalRecord(
+    return journal.JournalRecord(
         id=request_fields["id"],
         api_key_id=api_key.pk if api_key is not None else None,
         query=request_fields["query"],
@@ -290,15 +358,9 @@ def _submit_from_cache_journaled(
         created_at=timezone.now(),
         api=request_fields["api"],
     )
-    try:
-        raw = journal.journal_cache_hit(
-            cache_key=CACHE_KEY.format(query_hash), record=record, redis=redis, keys_version=keys_version
-        )
-    except RedisError:
-        logger.warning("cache lookup failed; treating as a miss", exc_info=True)
-        return None
-    if raw is None:
-        return None
+
+
+def _cached_submission(record: journal.JournalRecord, raw: bytes) -> Submission:
     entry = json.loads(raw)
     return Submission(
         request_id=record.id,
