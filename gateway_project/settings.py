@@ -100,7 +100,11 @@ BROWSER_MIDDLEWARE = {
 }
 API_PATH_PREFIXES = ("/api/", "/v1/", "/health", "/ready", "/metrics")
 # Answered, when they can be, before Django's handler runs (core/handlers.py).
-FAST_PATHS = {("POST", "/api/query"): "queries.hits.cache_hit_response"}
+FAST_PATHS = {
+    ("POST", "/api/query"): "queries.hits.cache_hit_response",
+    ("POST", "/v1/messages"): "compat.hits.messages_cache_hit_response",
+    ("POST", "/v1/chat/completions"): "compat.hits.chat_cache_hit_response",
+}
 
 # Threads per web process for everything but async views (core/asgi.py).
 WEB_THREADS = env_int("WEB_THREADS", 4, minimum=1, maximum=256)
