@@ -229,17 +229,43 @@ def warm_capable(config: RunnerConfig) -> bool:
 
 def warm_key(invocation: ClaudeInvocation, config: RunnerConfig) -> str:
     """What a CLI started ahead of time must have been started with to answer this invocation: every
-    argument and setting but the prompt. SHA-256, so MCP secrets never show in logs or process state."""
+    argument and setting but the prompt and the system prompt (both go to its stdin: warm_input).
+    SHA-256, so MCP secrets never show in logs or process state."""
+    invocation = replace(invocation, system_prompt=None)
     workdir = invocation.workdir or (str(config.workdir) if config.workdir else None)
     fields = {
-        "argv": build_argv(invocation, config, mcp_config_path="-", system_prompt_path="-"),
+        "argv": build_argv(invocation, config, mcp_config_path="-"),
         "mcp": invocation.mcp_config if (invocation.mcp_config or {}).get("mcpServers") else None,
-        "system": invocation.system_prompt or None,
         "workdir": workdir,
         "traffic": config.disable_nonessential_traffic,
     }
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# The stream-json control request that sets a warm CLI's system prompt (warm_input).
+WARM_INIT_REQUEST_ID = "gateway-system-prompt"
+
+
+def warm_input(invocation: ClaudeInvocation) -> bytes:
+    """What a warm CLI gets on its stdin: the invocation's system prompt, if it has one, then the
+    prompt as the one stream-json ``user`` message.
+
+    A warm CLI was started without a system prompt: the CLI reads ``--system-prompt-file`` once, at
+    start-up, and never again. The system prompt goes in as the stream-json ``initialize`` control
+    request (``systemPrompt``, as the Agent SDK sends it) before the message; the CLI answers it with
+    a ``control_response`` line and sends upstream exactly the system prompt a cold run with
+    ``--system-prompt-file`` sends. So one warm CLI serves every system prompt.
+    """
+    message = invocation.user_message_line()
+    if not invocation.system_prompt:
+        return message
+    request = {
+        "type": "control_request",
+        "request_id": WARM_INIT_REQUEST_ID,
+        "request": {"subtype": "initialize", "systemPrompt": invocation.system_prompt},
+    }
+    return (json.dumps(request, ensure_ascii=False) + "\n").encode() + message
 
 
 def preview_argv(invocation: ClaudeInvocation, config: RunnerConfig) -> list[str]:

@@ -83,10 +83,16 @@ class CliPool:
 
     def short(self) -> bool:
         """Whether a fill would start or replace anything."""
+        now = time.monotonic()
         return any(
-            len(slot.idle) < self.size or any(w.age() > self.max_age for w in slot.idle)
+            (len(slot.idle) < self.size and now >= slot.retry_at)
+            or any(w.age() > self.max_age for w in slot.idle)
             for slot in self._slots.values()
         )
+
+    def descriptors(self) -> list[Descriptor]:
+        """The descriptors kept warm (or waiting to be), the most recently used first."""
+        return sorted(self._slots, key=lambda d: self._slots[d].last_used, reverse=True)
 
     def idle(self, descriptor: Descriptor | None = None) -> list[WarmProcess]:
         if descriptor is not None:
@@ -94,19 +100,18 @@ class CliPool:
             return list(slot.idle) if slot else []
         return [warm for slot in self._slots.values() for warm in slot.idle]
 
-    def want(self, descriptor: Descriptor) -> None:
-        """Keep CLIs warm for ``descriptor`` from the next fill on (a job just used it)."""
-        slot = self._slots.setdefault(descriptor, _Slot())
-        slot.last_used = time.monotonic()
-
-    def adopt(self, descriptor: Descriptor) -> bool:
-        """Keep CLIs warm for ``descriptor`` too, from the next fill on, if it is not kept already
-        (other processes' jobs use it): unlike :meth:`want`, a descriptor known here is left as it
-        is. True if it was new here."""
-        if descriptor in self._slots:
-            return False
-        self._slots[descriptor] = _Slot()
-        return True
+    def want(self, descriptor: Descriptor, *, ago: float = 0.0) -> bool:
+        """Keep CLIs warm for ``descriptor`` from the next fill on: a job used it ``ago`` seconds ago
+        (here, or in another process). True if it was not kept warm before."""
+        used = time.monotonic() - max(ago, 0.0)
+        slot = self._slots.get(descriptor)
+        if slot is None:
+            if ago > self.max_age:
+                return False
+            self._slots[descriptor] = _Slot(last_used=used)
+            return True
+        slot.last_used = max(slot.last_used, used)
+        return False
 
     def take(self, descriptor: Descriptor) -> WarmProcess | None:
         """The oldest live, fresh CLI for ``descriptor`` (the likeliest to have finished starting)."""
@@ -140,7 +145,8 @@ class CliPool:
                 continue
             invocation = self._invocation_for(descriptor)
             if invocation is None:
-                self._drop(descriptor)
+                # Its MCP servers cannot be had now (unknown, disabled): kept, and tried again later.
+                slot.retry_at = now + START_RETRY_DELAY
                 continue
             while len(slot.idle) < self.size:
                 try:
@@ -168,8 +174,7 @@ class CliPool:
         for descriptor, slot in list(self._slots.items()):
             if now - slot.last_used > self.max_age:
                 self._drop(descriptor)
-        by_use = sorted(self._slots, key=lambda d: self._slots[d].last_used, reverse=True)
-        for descriptor in by_use[self.max_keys :]:
+        for descriptor in self.descriptors()[self.max_keys :]:
             self._drop(descriptor)
 
     def _drop(self, descriptor: Descriptor) -> None:

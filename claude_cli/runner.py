@@ -25,6 +25,7 @@ from claude_cli.invocation import (
     build_cold_argv,
     invocation_files,
     prompt_in_argv,
+    warm_input,
 )
 from claude_cli.process import (
     WAIT_STEP,
@@ -81,9 +82,9 @@ def run_claude(
     The prompt goes to the CLI's stdin as one stream-json ``user`` message, then stdin is closed.
 
     ``warm`` is a CLI started ahead of time for this invocation's options (see :func:`start_warm`):
-    the prompt is written to its stdin instead of starting a process. Timeouts, cancellation and the
-    process-group cleanup are the same. If it exited before it could take the prompt, a cold start
-    happens instead.
+    the prompt (after the system prompt, if any) is written to its stdin instead of starting a
+    process. Timeouts, cancellation and the process-group cleanup are the same. If it exited before
+    it could take the prompt, a cold start happens instead.
     """
     halt = _Halt(on_upstream)
     parser = StreamJsonParser(
@@ -152,7 +153,7 @@ def _run_warm(
         return None
     assert warm.proc.stdin is not None and warm.proc.stdout is not None and warm.proc.stderr is not None
     streams = Streams(
-        warm.proc.stdout, warm.proc.stderr, parser, stdin=warm.proc.stdin, data=invocation.user_message_line()
+        warm.proc.stdout, warm.proc.stderr, parser, stdin=warm.proc.stdin, data=warm_input(invocation)
     )
     try:
         return _follow(proc, streams, config, started, halt, on_start=on_start, should_cancel=should_cancel)

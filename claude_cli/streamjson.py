@@ -98,10 +98,12 @@ class StreamJsonParser:
             obj = json.loads(text)
         except ValueError:
             return
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if kind == "control_response":
+            return  # the answer to a warm CLI's system prompt (invocation.warm_input), not output
         self.last_object = obj
         if not isinstance(obj, dict):
             return
-        kind = obj.get("type")
         if kind == "result":
             self.result = obj
         elif kind == "stream_event" and obj.get("parent_tool_use_id") is None:

@@ -95,7 +95,11 @@ class WarmProcess:
 def start_warm(invocation: ClaudeInvocation, config: RunnerConfig) -> WarmProcess:
     """Start a CLI with ``invocation``'s options (its prompt is ignored) that waits for a prompt on
     stdin: in its own process group, in the working directory, with the MCP configuration in a 0600
-    file that lives as long as the process. Raises WarmStartError if it cannot start."""
+    file that lives as long as the process. Raises WarmStartError if it cannot start.
+
+    A system prompt is not one of its options: each job gives its own with its prompt
+    (claude_cli.invocation.warm_input)."""
+    invocation = replace(invocation, system_prompt=None)
     key = warm_key(invocation, config)
     env = child_env(config)
     if invocation.workdir:

@@ -42,7 +42,7 @@ IGNORED_HEADER = "x-gateway-ignored-params"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _reply(
+def json_reply(
     request: HttpRequest, body: dict[str, Any], *, status: int = 200, headers: dict | None = None
 ) -> HttpResponse:
     response = JsonResponse(body, status=status, json_dumps_params={"ensure_ascii": False})
@@ -53,7 +53,9 @@ def _reply(
 
 
 def _error(request: HttpRequest, error: ApiError) -> HttpResponse:
-    return _reply(request, error_body_for(request.path, error), status=error.status, headers=error.headers)
+    return json_reply(
+        request, error_body_for(request.path, error), status=error.status, headers=error.headers
+    )
 
 
 def _method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
@@ -80,7 +82,7 @@ def _accept(request: HttpRequest, parse: Callable[[Any], Any], api: str) -> tupl
     return call, submission
 
 
-def _call_headers(call: MessagesCall | ChatCall, submission: services.Submission) -> dict[str, str]:
+def call_headers(call: MessagesCall | ChatCall, submission: services.Submission) -> dict[str, str]:
     headers = outcome_header(submission)
     if call.ignored:
         headers[IGNORED_HEADER] = ", ".join(call.ignored)
@@ -112,13 +114,13 @@ async def _create(
         call, submission = await in_web_thread(_accept, request, parse, api)
     except ApiError as error:
         return _error(request, error)
-    headers = _call_headers(call, submission)
+    headers = call_headers(call, submission)
     if call.stream:
         return _stream(request, streamed(submission, call), headers)
     outcome = await call_outcome(submission)
     if isinstance(outcome, Failed):
         return _error(request, outcome.error)
-    return _reply(request, answered(submission, call, outcome.result), headers=headers)
+    return json_reply(request, answered(submission, call, outcome.result), headers=headers)
 
 
 # --- Anthropic: POST /v1/messages ---------------------------------------------------------------
@@ -127,11 +129,17 @@ async def _create(
 @csrf_exempt
 async def messages_create(request: HttpRequest) -> HttpResponseBase:
     return await _create(
-        request, api=API_ANTHROPIC, parse=messages_call_parse, streamed=_messages_events, answered=_message
+        request,
+        api=API_ANTHROPIC,
+        parse=messages_call_parse,
+        streamed=_messages_events,
+        answered=message_body,
     )
 
 
-def _message(submission: services.Submission, call: MessagesCall, result: dict[str, Any]) -> dict[str, Any]:
+def message_body(
+    submission: services.Submission, call: MessagesCall, result: dict[str, Any]
+) -> dict[str, Any]:
     return anthropic_format.message(request_id=str(submission.request_id), model=call.model, result=result)
 
 
@@ -168,11 +176,13 @@ async def _messages_events(submission: services.Submission, call: MessagesCall) 
 @csrf_exempt
 async def chat_completions_create(request: HttpRequest) -> HttpResponseBase:
     return await _create(
-        request, api=API_OPENAI, parse=chat_call_parse, streamed=_chat_chunks, answered=_completion
+        request, api=API_OPENAI, parse=chat_call_parse, streamed=_chat_chunks, answered=completion_body
     )
 
 
-def _completion(submission: services.Submission, call: ChatCall, result: dict[str, Any]) -> dict[str, Any]:
+def completion_body(
+    submission: services.Submission, call: ChatCall, result: dict[str, Any]
+) -> dict[str, Any]:
     return openai_format.completion(
         request_id=str(submission.request_id), model=call.model, created=int(time.time()), result=result
     )
@@ -217,7 +227,7 @@ async def models_list(request: HttpRequest) -> HttpResponse:
         return _method_not_allowed(request, "GET, HEAD")
     try:
         await in_web_thread(_authenticated, request)
-        return _reply(request, models_page(request.GET.dict()))
+        return json_reply(request, models_page(request.GET.dict()))
     except ApiError as error:
         return _error(request, error)
 
@@ -228,7 +238,7 @@ async def models_detail(request: HttpRequest, model_id: str) -> HttpResponse:
         return _method_not_allowed(request, "GET, HEAD")
     try:
         await in_web_thread(_authenticated, request)
-        return _reply(request, model_get(model_id))
+        return json_reply(request, model_get(model_id))
     except ApiError as error:
         return _error(request, error)
 

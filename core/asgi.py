@@ -22,7 +22,7 @@ import functools
 import io
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -129,19 +129,27 @@ class GatewayASGIHandler:
         """A fast path (a cache hit), its reply sent from the loop. Its LOOP_FAST_PATHS coroutine runs
         on the loop itself, no thread hop at all, when it can answer without a blocking call; else
         the FAST_PATHS function runs on a web thread (one hop each way: on the loop its blocking
-        Redis round trip would stall every stream of the process). What it declines goes on to the
-        WSGI handler with its body intact, the fast path not tried again."""
+        Redis round trip would stall every stream of the process). What it declines goes on to its
+        view with its body intact, the fast path not tried again: the WSGI handler, or Django's ASGI
+        handler for an async view (the /v1/ APIs)."""
         length = content_length(scope)
         if length is None or length > _PREREAD_BYTES:
-            await self.threaded(scope, receive, send)
+            if is_async_view(scope["path"]):
+                await self.api_async(scope, receive, send)
+            else:
+                await self.threaded(scope, receive, send)
             return
-        environ = wsgi_environ(scope, io.BytesIO(await _read_body(receive, length)))
+        body = await _read_body(receive, length)
+        environ = wsgi_environ(scope, io.BytesIO(body))
         on_loop = self.loop_fast_paths.get((scope["method"], scope["path"]))
         answered = ON_THREAD if on_loop is None else await on_loop(environ)
         if answered is ON_THREAD:
             loop = asyncio.get_running_loop()
             answered = await loop.run_in_executor(self.threaded.executor, fast, environ)
         if answered is None:
+            if is_async_view(scope["path"]):
+                await self.api_async(scope, _body_again(body, receive), send)
+                return
             environ[FAST_PATH_TRIED] = True
             await self.threaded.call(environ, send)
             return
@@ -149,6 +157,16 @@ class GatewayASGIHandler:
         headers = [(k.encode("latin1"), v.encode("latin1")) for k, v in response.items()]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": response.content})
+
+
+def _body_again(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for an application that must read a body already read: it, then what follows."""
+    pending: list[Mapping[str, Any]] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def again() -> Mapping[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return again
 
 
 class ThreadedWSGI:

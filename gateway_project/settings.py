@@ -100,7 +100,11 @@ BROWSER_MIDDLEWARE = {
 }
 API_PATH_PREFIXES = ("/api/", "/v1/", "/health", "/ready", "/metrics")
 # Answered, when they can be, before Django's handler runs (core/handlers.py).
-FAST_PATHS = {("POST", "/api/query"): "queries.hits.cache_hit_response"}
+FAST_PATHS = {
+    ("POST", "/api/query"): "queries.hits.cache_hit_response",
+    ("POST", "/v1/messages"): "compat.hits.messages_cache_hit_response",
+    ("POST", "/v1/chat/completions"): "compat.hits.chat_cache_hit_response",
+}
 # The same fast paths as coroutines answered on the ASGI event loop without a thread (core/asgi.py):
 # each returns the reply, None (the full path), or core.handlers.ON_THREAD (FAST_PATHS' function).
 LOOP_FAST_PATHS = {("POST", "/api/query"): "queries.hits.cache_hit_response_on_loop"}

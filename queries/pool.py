@@ -6,14 +6,21 @@ waits on its stdin; a prompt written there is answered about 0.1 s later. How it
 
 - The pool lives in the long-lived rq worker process (:class:`CliPoolWorkerMixin`). It is keyed by
   the job's model and MCP server names, which travel in the rq job's meta (:func:`job_meta`), so
-  choosing a CLI costs no database query on the way to the job.
+  choosing a CLI costs no database query on the way to the job. A system prompt is not part of the
+  key: a warm CLI gets it with the prompt (claude_cli.invocation.warm_input), so /v1/ calls with a
+  system prompt are served warm like any other.
+- Which keys to keep warm is shared by every worker: a worker that takes a job records its key in
+  the Redis sorted set ``cli_pool:wanted`` (score: when), and every worker reads it at least every
+  DEMAND_POLL seconds (an idle worker wakes that often) and keeps warm the CLAUDE_POOL_KEYS keys used
+  last within CLAUDE_POOL_MAX_AGE. Without it, jobs of a new model (a /v1/ call names one) would find
+  a warm CLI only on the worker that ran the last such job, and rq hands the next job to another.
 - For each job the worker takes a CLI for that key and hands it over (:func:`hand_over`); the job
   (:func:`pool_claim`) writes the prompt, closes stdin (the CLI exits after one message once stdin is
   at end of file) and follows the CLI exactly as a cold one: timeout, cancellation, killing the
   process group. Before that it checks that the CLI was started with precisely the options the job
-  needs (claude_cli.invocation.warm_key: every argument, the MCP servers' configuration as it is
-  now, the working directory); if not, say an operator edited an MCP server since, it kills it and
-  starts one cold.
+  needs (claude_cli.invocation.warm_key: every argument but the system prompt, the MCP servers'
+  configuration as it is now, the working directory); if not, say an operator edited an MCP
+  server since, it kills it and starts one cold.
 - The gateway's worker runs jobs in its own process (queries.worker.GatewayInProcessWorker). With
   WORKER_FORK the job runs in a forked work horse instead: the worker closes its own copies of the
   CLI's pipes after the fork, the horse uses the ones it inherited and watches the CLI's exit through
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +54,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections
+from redis import Redis
+from redis.exceptions import RedisError
 
 from claude_cli.invocation import ClaudeInvocation, RunnerConfig, warm_capable, warm_key
 from claude_cli.pool import DEFAULT_DESCRIPTOR, CliPool, Descriptor, hand_over, handed
@@ -57,10 +67,6 @@ logger = logging.getLogger(__name__)
 
 RUN_JOB = "queries.tasks.run_job"
 META_KEY = "cli"
-# The model and server sets jobs ran with lately, each with its last use (a sorted set of
-# ``[model, [servers]]`` JSON by Unix time): every worker keeps CLIs warm for them, not only the
-# ones whose jobs found none. Redis may lose it: workers go on with what they know.
-DESCRIPTORS_KEY = "pool:descriptors"
 
 
 def runner_config() -> RunnerConfig:
@@ -97,8 +103,7 @@ def invocation_for(
     system_prompt: str | None = None,
 ) -> ClaudeInvocation:
     """The CLI invocation for a query routed to ``route``: the one place it is put together, so a
-    CLI started ahead of time has exactly the options the job will need (a system prompt is an
-    option: a job with one starts its CLI cold)."""
+    CLI started ahead of time has exactly the options the job will need."""
     return ClaudeInvocation(
         prompt=prompt,
         model=model or None,
@@ -167,6 +172,52 @@ def _descriptor_invocation(descriptor: Descriptor) -> ClaudeInvocation | None:
 
 # Longest a refill waits for other CLIs to finish (CliPoolWorkerMixin._cli_pool_backlog).
 REFILL_DEFER_MAX = 10.0
+# The keys the workers' jobs used (module doc): descriptor as JSON → when, in Unix seconds.
+WANTED_KEY = "cli_pool:wanted"
+# How often a worker reads it (at most; an idle worker wakes this often).
+DEMAND_POLL = 1.0
+
+
+def _descriptor_member(descriptor: Descriptor) -> str:
+    model, servers = descriptor
+    return json.dumps([model, list(servers)], separators=(",", ":"))
+
+
+def _descriptor_of(member: bytes | str) -> Descriptor | None:
+    try:
+        model, servers = json.loads(member)
+    except (ValueError, TypeError):
+        return None
+    if not (model is None or isinstance(model, str)) or not isinstance(servers, list):
+        return None
+    return (model or None, tuple(sorted(str(name) for name in servers)))
+
+
+def pool_demand_record(*, redis: Redis, descriptor: Descriptor, max_keys: int, max_age: float) -> None:
+    """Record that a job used ``descriptor`` now: every worker keeps it warm from its next poll.
+
+    The set keeps the ``max_keys`` keys used last within ``max_age``, and expires with its last use."""
+    now = time.time()
+    pipe = redis.pipeline(transaction=False)
+    pipe.zadd(WANTED_KEY, {_descriptor_member(descriptor): now})
+    pipe.zremrangebyscore(WANTED_KEY, "-inf", now - max_age)
+    pipe.zremrangebyrank(WANTED_KEY, 0, -(max_keys + 1))
+    pipe.expire(WANTED_KEY, max(1, math.ceil(max_age)))
+    pipe.execute()
+
+
+def pool_demand(*, redis: Redis, max_age: float) -> list[tuple[Descriptor, float]]:
+    """The descriptors jobs used within ``max_age``, each with how many seconds ago, latest first."""
+    now = time.time()
+    entries: list[tuple[bytes, float]] = redis.zrevrangebyscore(  # type: ignore[assignment]
+        WANTED_KEY, "+inf", now - max_age, withscores=True
+    )
+    demand = []
+    for member, used in entries:
+        descriptor = _descriptor_of(member)
+        if descriptor is not None:
+            demand.append((descriptor, max(0.0, now - used)))
+    return demand
 
 
 class CliPoolWorkerMixin:
@@ -175,13 +226,17 @@ class CliPoolWorkerMixin:
     _cli_pool: CliPool | None = None
     _cli_pool_checked: float = 0.0
     _cli_pool_deferred_since: float | None = None
+    _cli_pool_polled: float = 0.0
+    _cli_pool_new_key: bool = False
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)  # type: ignore[misc]
         self._cli_pool = pool_from_settings()
         if self._cli_pool is not None:
-            # Queries with no model and no MCP server are the common case: warm those from the start.
+            # Queries with no model and no MCP server are the common case: warm those from the start,
+            # and the keys other workers' jobs used lately.
             self._cli_pool.want(DEFAULT_DESCRIPTOR)
+            self._cli_pool_poll()
             self._cli_pool_fill()
 
     def execute_job(self, job: Any, queue: Any) -> None:
@@ -194,6 +249,15 @@ class CliPoolWorkerMixin:
         pool = self._cli_pool
         descriptor = descriptor_from_meta(job.meta) if pool is not None and job.func_name == RUN_JOB else None
         warm = pool.take(descriptor) if pool is not None and descriptor is not None else None
+        if pool is not None and descriptor is not None:
+            if warm is None:
+                logger.info(
+                    "no warm Claude CLI for model %s, MCP servers %s (warm here: %s)",
+                    descriptor[0],
+                    list(descriptor[1]),
+                    [list(d) for d in pool.descriptors() if pool.idle(d)],
+                )
+            self._cli_pool_record(descriptor)
         hand_over(warm)
         try:
             yield
@@ -204,50 +268,10 @@ class CliPoolWorkerMixin:
                     pool.retire(warm)
                 if descriptor is not None:
                     pool.want(descriptor)
-                    self._cli_pool_share(descriptor)
-
-    def _cli_pool_share(self, descriptor: Descriptor) -> None:
-        """Tell the other workers a job used ``descriptor``: they keep a CLI warm for it too, so a
-        new model or server set costs cold starts until their next wake-up, not one on each."""
-        assert self._cli_pool is not None
-        model, servers = descriptor
-        now = time.time()
-        try:
-            pipe = self.connection.pipeline(transaction=False)  # type: ignore[attr-defined]
-            pipe.zadd(DESCRIPTORS_KEY, {json.dumps([model, list(servers)]): now})
-            pipe.zremrangebyscore(DESCRIPTORS_KEY, "-inf", now - self._cli_pool.max_age)
-            pipe.execute()
-        except Exception:
-            logger.warning("could not share the warm CLI pool's model and server set", exc_info=True)
-
-    def _cli_pool_adopt(self) -> bool:
-        """Keep CLIs warm for the sets other workers' jobs used lately (the most recent first);
-        True if that added one this worker did not keep."""
-        pool = self._cli_pool
-        if pool is None:
-            return False
-        try:
-            members = self.connection.zrevrangebyscore(  # type: ignore[attr-defined]
-                DESCRIPTORS_KEY, "+inf", time.time() - pool.max_age, start=0, num=pool.max_keys
-            )
-        except Exception:
-            # Asked on every wake-up: a Redis outage is told by the outage handling, once.
-            logger.debug("could not read the warm CLI pool's shared sets", exc_info=True)
-            return False
-        added = False
-        for member in members:
-            try:
-                model, servers = json.loads(member)
-                descriptor: Descriptor = (model or None, tuple(sorted(str(name) for name in servers)))
-            except (TypeError, ValueError):
-                continue
-            added = pool.adopt(descriptor) or added
-        return added
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # Refill before waiting for work, unless work is waiting or CLIs are answering (module doc).
         pool = self._cli_pool
-        self._cli_pool_adopt()
         if pool is not None and pool.short():
             if not self._cli_pool_backlog():
                 self._cli_pool_fill()
@@ -270,15 +294,12 @@ class CliPoolWorkerMixin:
         timeout = super().dequeue_timeout  # type: ignore[misc]
         if self._cli_pool is None:
             return timeout
-        # An idle worker wakes often enough to replace CLIs before they go stale.
-        return max(1, min(timeout, int(self._cli_pool.max_age / 4)))
+        # An idle worker wakes often enough to see the keys other workers' jobs used (DEMAND_POLL)
+        # and to replace CLIs before they go stale.
+        return max(1, min(timeout, int(self._cli_pool.max_age / 4), math.ceil(DEMAND_POLL)))
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        # rq asks on each wake-up of an idle worker (every dequeue_timeout): a set another worker's
-        # job used since is adopted then, and warmed at once.
-        if self._cli_pool_adopt():
-            self._cli_pool_checked = 0.0
         return super().should_run_maintenance_tasks or self._cli_pool_due()  # type: ignore[misc]
 
     def run_maintenance_tasks(self) -> None:
@@ -325,14 +346,50 @@ class CliPoolWorkerMixin:
         pool = self._cli_pool
         if pool is None:
             return False
-        # A deferred refill is looked at again on every wake-up (each second while it waits).
+        # A deferred refill is looked at again on every wake-up (each second while it waits), and so
+        # is a key another worker's job used that this pool did not keep warm yet.
+        if self._cli_pool_poll():
+            self._cli_pool_new_key = True
         return (
             self._cli_pool_deferred_since is not None
+            or self._cli_pool_new_key
             or time.monotonic() - self._cli_pool_checked >= pool.max_age / 4
         )
 
+    def _cli_pool_record(self, descriptor: Descriptor) -> None:
+        pool = self._cli_pool
+        assert pool is not None
+        try:
+            pool_demand_record(
+                redis=self.connection,  # type: ignore[attr-defined]
+                descriptor=descriptor,
+                max_keys=pool.max_keys,
+                max_age=pool.max_age,
+            )
+        except RedisError:
+            logger.warning("could not record the warm CLI key a job used", exc_info=True)
+
+    def _cli_pool_poll(self) -> bool:
+        """Keep warm the keys other workers' jobs used (at most every DEMAND_POLL seconds); True if
+        one of them is new here."""
+        pool = self._cli_pool
+        now = time.monotonic()
+        if pool is None or now - self._cli_pool_polled < DEMAND_POLL:
+            return False
+        self._cli_pool_polled = now
+        try:
+            demand = pool_demand(redis=self.connection, max_age=pool.max_age)  # type: ignore[attr-defined]
+        except RedisError:
+            logger.warning("could not read the warm CLI keys jobs used", exc_info=True)
+            return False
+        new = False
+        for descriptor, ago in demand[: pool.max_keys]:
+            new = pool.want(descriptor, ago=ago) or new
+        return new
+
     def _cli_pool_fill(self) -> None:
         self._cli_pool_checked = time.monotonic()
+        self._cli_pool_new_key = False
         assert self._cli_pool is not None
         try:
             self._cli_pool.fill()

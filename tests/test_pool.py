@@ -677,35 +677,3 @@ def test_the_pool_refills_once_the_clis_still_answering_have_finished(
     redis_client().zadd(CLI_RUNNING_KEY, {"a-long-job": time.time() + 60})
     assert worker.dequeue_job_and_maintain_ttl(timeout=5, max_idle_time=1) is None
     assert len(fake_pool.idle()) == 1
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_set_one_workers_job_used_is_kept_warm_by_the_other_workers_too(tmp_path, settings, redis_db):
-    """A new model costs one cold start on the host, not one per worker."""
-    from queries.worker import GatewayInProcessWorker
-
-    queues = [django_rq.get_queue(name) for name in settings.RQ_QUEUE_NAMES]
-    pools = [CliPool(config=fake_config(tmp_path), size=1, max_age=60, max_keys=2) for _ in range(2)]
-    workers = []
-    for cli_pool in pools:
-        worker = GatewayInProcessWorker(queues, connection=queues[0].connection)
-        worker._cli_pool = cli_pool
-        cli_pool.want(pool.DEFAULT_DESCRIPTOR)
-        workers.append(worker)
-    try:
-        job_id = services.query_submit(api_key=None, query="a model of its own", model="claude-x").job_id
-        rq_job = workers[0].dequeue_job_and_maintain_ttl(timeout=1)[0]
-        assert rq_job.id == str(job_id)
-        with workers[0].cli_pool_job(rq_job):
-            pass  # the job ran on no warm CLI: its worker learns its set, and tells the others
-        # An idle worker's next wake-up (rq asks whether maintenance is due) adopts and warms it.
-        assert workers[1].should_run_maintenance_tasks
-        workers[1].run_maintenance_tasks()
-        assert len(pools[1].idle(("claude-x", ()))) == 1
-        assert len(pools[1].idle(pool.DEFAULT_DESCRIPTOR)) == 1
-        # A set other workers used does not push back one this worker knows itself.
-        pools[1].adopt(pool.DEFAULT_DESCRIPTOR)
-        assert len(pools[1].idle(pool.DEFAULT_DESCRIPTOR)) == 1
-    finally:
-        for cli_pool in pools:
-            cli_pool.close()

@@ -132,25 +132,34 @@ def _request_fields(
 def query_cache_answer(
     *,
     api_key: ApiKey | None,
-    query: str,
+    query: str = "",
     priority: str = Priority.NORMAL,
     model: str | None = None,
     keys_version: bytes | None = None,
+    prompt: Prompt | None = None,
+    api: str = API_NATIVE,
 ) -> Submission | None:
     """The cache's answer, journaled and counted, or None with nothing recorded (then use query_submit).
 
     What query_submit does first for a query with no webhook, metadata or noCache, on its own: the
-    API answers a cache hit with it before any of the full request handling (queries/hits.py).
+    APIs answer a cache hit with it before any of the full request handling (queries/hits.py,
+    compat/hits.py: a /v1/ call's ``prompt`` and ``api``, whose history never changes the key).
     Raises KeyNotPermitted as query_submit does, and journal.KeysChanged when ``keys_version`` (the API
     keys version ``api_key`` was read at, queries.auth) is no longer current.
     """
     if not (settings.CACHE_ENABLED and settings.CACHE_HIT_JOURNAL):
         return None
+    if api not in APIS:
+        raise ValueError(f"unknown api {api!r}")
+    if prompt is not None and not query:
+        query = prompt.text()
     quotas.api_key_authorize(api_key=api_key, priority=priority, model=model)
-    _, route, digest = _query_route_and_hash(api_key=api_key, query=query, model=model)
+    _, route, digest = _query_route_and_hash(api_key=api_key, query=query, model=model, prompt=prompt)
     if not route.cacheable:
         return None
-    fields = _request_fields(api_key=api_key, query=query, digest=digest, priority=priority, model=model)
+    fields = _request_fields(
+        api_key=api_key, query=query, digest=digest, priority=priority, model=model, api=api
+    )
     return _submit_from_cache_journaled(
         query_hash=digest, redis=redis_client(), request_fields=fields, keys_version=keys_version
     )
