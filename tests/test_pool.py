@@ -453,7 +453,7 @@ def test_the_real_cli_answers_warm_with_the_same_result_fields_as_cold(mock, tmp
 
 @pytest.mark.e2e
 def test_the_real_cli_warm_in_a_horse_reports_upstream_errors_and_timeouts(mock, tmp_path, strays):
-    config = real_config(mock, tmp_path, timeout=3.0)
+    config = real_config(mock, tmp_path, timeout=8.0)
     warm = start_warm(ClaudeInvocation(prompt=""), config)
     outcome = run_in_horse(warm, ClaudeInvocation(prompt="[[mock:error=400]] refuse"), config)
     assert outcome.error_type == "cli_error" and outcome.exit_code == 1 and "400" in outcome.error_message
