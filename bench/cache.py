@@ -51,7 +51,7 @@ def cached_entry(setup: Setup, gateway: Gateway, query: str) -> tuple[str, str]:
 
 def gateway_hits(setup: Setup, gateway: Gateway, script: str) -> dict[str, Any]:
     """wrk against the gateway's cache hit, and how many of its requests were recorded."""
-    # Hits are journaled in Redis and written by the web processes' recorders a moment later.
+    # Hits are journaled in Redis and written by the workers (their maintenance) a few seconds later.
     journal = redis.Redis.from_url(setup.redis_url)
     wrk_warm_up(setup, gateway.url, script, "cache-gateway")
     wait_until(lambda: journal.xlen("journal:requests") == 0, 60, "the request journal to drain")

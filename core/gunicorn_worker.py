@@ -9,11 +9,12 @@ number of fields are enforced by core.asgi in the same shape.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import h11
 from gunicorn import glogging, util
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
 # (status, reason) by what gunicorn reported; everything else keeps gunicorn's status.
@@ -103,8 +104,88 @@ class _ListenBacklog:
         return getattr(self._sock, name)
 
 
+class _HeadHeld:
+    """Stands in for the transport while uvicorn writes a response's status line and headers."""
+
+    def __init__(self) -> None:
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        self.head += data
+
+
+class _HeadFirst:
+    """Stands in for the transport while uvicorn writes the body: the held head goes out with it."""
+
+    def __init__(self, transport: Any, head: bytes) -> None:
+        self.transport = transport
+        self.head: bytes | None = head
+
+    def write(self, data: bytes) -> None:
+        self.flush(data)
+
+    def flush(self, data: bytes = b"") -> None:
+        if self.head is not None:
+            data, self.head = self.head + data, None
+        if data:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
+
+
+def _sized(message: Any) -> bool:
+    return any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))
+
+
+class _OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, writing a response of known length (Content-Length) in one
+    write, head and body together, where uvicorn writes them apart: one send() per response instead
+    of two. Streamed responses (event streams, chunked) keep their head's own write, so a client sees
+    it at once."""
+
+    _head = b""
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started and _sized(message):
+            transport, held = self.transport, _HeadHeld()
+            self.transport = held  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            self._head = held.head
+            return
+        head = self._head
+        if not head or kind != "http.response.body":
+            await super().send(message)
+            return
+        self._head = b""
+        first = _HeadFirst(self.transport, head)
+        transport, self.transport = self.transport, first  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+            first.flush()  # nothing was written (HEAD): the head alone
+
+
 class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools (llhttp) protocol, answering what it cannot parse with the API's JSON 400."""
+    """uvicorn's httptools (llhttp) protocol, answering what it cannot parse with the API's JSON 400,
+    and writing each response of known length in one write (_OneWriteCycle)."""
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # uvicorn names its cycle class inside this method; the application's task, created here,
+        # has not run yet, so the cycle answers as _OneWriteCycle from its first send.
+        cycle = self.cycle
+        if cycle is not None and type(cycle) is RequestResponseCycle:
+            cycle.__class__ = _OneWriteCycle
 
     def send_400_response(self, msg: str) -> None:
         body = json_error_body(400)

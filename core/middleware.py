@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -73,6 +74,9 @@ class HttpMetricsMiddleware:
         self.requests = metrics.requests_by_view_transport_method
         self.responses = metrics.responses_by_status
         self.latency = metrics.requests_latency_by_view_method
+        # The labelled series, as labels() returns them: looked up once per combination, not per request.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._statuses: dict[int, Any] = {}
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
@@ -87,6 +91,16 @@ class HttpMetricsMiddleware:
         view = view or "<unnamed view>"
         method = request.method if request.method in _METHODS else "<invalid method>"
         transport = "https" if request.is_secure() else "http"
-        self.requests.labels(view=view, transport=transport, method=method).inc()
-        self.responses.labels(status=str(response.status_code)).inc()
-        self.latency.labels(view=view, method=method).observe(time.perf_counter() - started)
+        series = self._series.get((view, transport, method))
+        if series is None:
+            series = self._series[view, transport, method] = (
+                self.requests.labels(view=view, transport=transport, method=method),
+                self.latency.labels(view=view, method=method),
+            )
+        status = response.status_code
+        responses = self._statuses.get(status)
+        if responses is None:
+            responses = self._statuses[status] = self.responses.labels(status=str(status))
+        series[0].inc()
+        responses.inc()
+        series[1].observe(time.perf_counter() - started)

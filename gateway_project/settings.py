@@ -183,10 +183,12 @@ REQUEST_MAX_BYTES_EXEMPT = ("/v1/",)
 CACHE_ENABLED = env_bool("CACHE_ENABLED", True)
 CACHE_TTL = env_int("CACHE_TTL", 3600, minimum=1)
 # A cache hit's QueryRequest row goes through the Redis stream journal:requests and is written in
-# batches within JOURNAL_FLUSH_INTERVAL (queries/journal.py); false writes it in the request.
+# batches by the workers every WORKER_HEARTBEAT_INTERVAL (queries/services/journal.py); false writes
+# it in the request.
 CACHE_HIT_JOURNAL = env_bool("CACHE_HIT_JOURNAL", True)
+# How often a web process's recorder writes the journal while no worker is alive to.
 JOURNAL_FLUSH_INTERVAL = env_float("JOURNAL_FLUSH_INTERVAL", 0.2, minimum=0.01)
-# Each web process drains the journal in a thread (tests drain it themselves).
+# Each web process keeps that recorder thread (tests drain the journal themselves).
 JOURNAL_RECORDER = True
 # A job's live events (queries/services/events.py): the stream job:{id}:events lives EVENTS_TTL
 # seconds after its last entry and keeps about its last EVENTS_MAXLEN entries; open streams send a

@@ -42,9 +42,10 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
 
     Without this the Job row would stay ``running`` with its dedup mark held until it expired.
     Every WEBHOOK_SWEEP_INTERVAL it sends ``queries.signals.worker_maintenance`` (the webhooks app
-    re-queues deliveries whose rq jobs were lost), writes journaled cache hits to the database, fails
-    the jobs of workers that died on this host, and reconciles the jobs with Redis (one worker at a
-    time: queries.services.jobs_reconcile).
+    re-queues deliveries whose rq jobs were lost), fails the jobs of workers that died on this host,
+    and reconciles the jobs with Redis (one worker at a time: queries.services.jobs_reconcile).
+    Every WORKER_HEARTBEAT_INTERVAL, idle or running a job, it writes journaled cache hits to the
+    database (queries/services/journal.py).
     """
 
     @property
@@ -60,6 +61,7 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
             super().should_run_maintenance_tasks
             or time.monotonic() >= getattr(self, "_next_sweep", 0.0)
             or self.recovery_due()
+            or time.monotonic() >= getattr(self, "_next_journal", 0.0)
         )
 
     def run_maintenance_tasks(self) -> None:
@@ -70,18 +72,12 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()
         self.recovery_run()
+        self._journal_record()
         if time.monotonic() < getattr(self, "_next_sweep", 0.0):
             return
         self._next_sweep = time.monotonic() + settings.WEBHOOK_SWEEP_INTERVAL
         # The apps above queries hook in here (webhooks re-queue deliveries that are due).
         signals.send(signals.worker_maintenance)
-        try:
-            # Web processes record cache hits as they come; this covers the time none is running.
-            journal.journal_drain()
-        except Exception:
-            logger.exception("could not write journaled requests; the next sweep retries")
-        finally:
-            connections.close_all()
         self._fail_orphaned_jobs()
         # A worker names its job in its registration before it claims the row, and heartbeats at
         # least every WORKER_HEARTBEAT_INTERVAL: a running job whose worker has been silent for
@@ -165,6 +161,24 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
             super().maintain_heartbeats(job, execution)
         except self.redis_down_errors as exc:
             self.outage_noticed(exc)
+        # Every WORKER_HEARTBEAT_INTERVAL while the horse runs, as between jobs.
+        self._journal_record()
+
+    def _journal_record(self) -> None:
+        """Write journaled cache hits to the database, at most every WORKER_HEARTBEAT_INTERVAL.
+
+        The workers are the journal's recorders: web processes record only while no worker is
+        alive (queries/services/journal.py), so a hit costs the web no database work at all.
+        """
+        if time.monotonic() < getattr(self, "_next_journal", 0.0):
+            return
+        self._next_journal = time.monotonic() + settings.WORKER_HEARTBEAT_INTERVAL
+        try:
+            journal.journal_drain()
+        except Exception:
+            logger.exception("could not write journaled requests; the next heartbeat retries")
+        finally:
+            connections.close_all()
 
     def handle_work_horse_killed(self, job: RqJob, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)

@@ -45,7 +45,7 @@ def test_query_is_answered_by_the_real_cli_then_served_from_cache(http, worker_p
     assert cached["result"] == result and cached["requestId"] != response.json()["requestId"]
     assert len(mock.message_requests()) == 1  # no new CLI run
     assert Job.objects.count() == 1
-    # The cache hit's row comes from the web process's journal recorder, a moment after the reply.
+    # The cache hit's row comes from a worker's journal recording, a moment after the reply.
     wait_for(
         lambda: (
             list(QueryRequest.objects.order_by("created_at").values_list("outcome", flat=True))

@@ -204,6 +204,22 @@ def test_an_entry_a_dead_recorder_left_is_claimed_and_written_once(cached, monke
     )
 
 
+def test_live_workers_record_the_journal_and_the_web_only_while_none_is(cached):
+    from queries.worker import GatewayWorker
+
+    _, key, _ = cached
+    assert journal.web_records()  # no worker: the web's recorders write the journal
+    worker = GatewayWorker(["default"], connection=redis_client(), name="recording-worker")
+    worker.register_birth()
+    assert not journal.web_records()
+    request_id = wsgi_post({"query": QUERY}, key=key)[2]["requestId"]
+    worker._journal_record()  # as its maintenance does, idle or running a job
+    assert QueryRequest.objects.filter(id=request_id).count() == 1
+    assert redis_client().xlen(journal.STREAM_KEY) == 0
+    worker.register_death()
+    assert journal.web_records()
+
+
 def test_an_entry_delivered_twice_is_one_row(cached):
     _, key, _ = cached
     request_id = wsgi_post({"query": QUERY}, key=key)[2]["requestId"]

@@ -110,7 +110,7 @@ def test_counts_are_exact_on_every_scrape_whichever_process_answers(
             (("method", "POST"), ("transport", "http"), ("view", "query-create")),
         ): posts,
     }
-    # The cache hit's row comes from the web's journal recorder, a moment after the reply.
+    # The cache hit's row comes from a worker's journal recording, a moment after the reply.
     wait_for(lambda: QueryRequest.objects.count() == posts, timeout=10, message="every request's row")
 
     def check(text: str) -> None:

@@ -96,7 +96,7 @@ def test_no_caller_gets_a_5xx_and_every_job_ends_after_the_database_drops_every_
     )
     states = {(job.state, job.error_type) for job in Job.objects.filter(id__in=accepted)}
     assert states == {(Job.State.COMPLETED, "")}
-    # The web's journal recorders reconnected: a cache hit's request is written within a second.
+    # The journal's recorders (the workers) reconnected: a cache hit's request is written soon after.
     hit = http.post(f"{http.base}/api/query", json={"query": "burst 0 [[mock:sleep=0.3]]"}, timeout=30)
     assert hit.status_code == 200 and hit.json()["cached"] is True
     wait_for(

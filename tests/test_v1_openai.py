@@ -129,7 +129,7 @@ def test_a_repeat_is_answered_from_the_cache_and_shared_with_the_anthropic_api(
     assert via_anthropic.headers["x-gateway-outcome"] == "cached"
     assert via_anthropic.parse().content[0].text == first.choices[0].message.content
     assert len(mock.message_requests()) == 1 and Job.objects.count() == 1
-    # Cache hits are recorded by the web's journal recorder, a moment after the reply.
+    # Cache hits are recorded by a worker from the journal, a moment after the reply.
     wait_for(
         lambda: (
             sorted(QueryRequest.objects.values_list("api", flat=True)) == ["anthropic", "openai", "openai"]

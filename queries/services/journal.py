@@ -5,8 +5,11 @@ more than everything else a hit does (an INSERT and its commit on every request)
 ``CACHE_HIT_JOURNAL`` on (the default), one Lua script reads the cache entry and, only if there is
 one, appends the request's record to the Redis stream ``journal:requests`` and counts the hit: the
 answer, its record and its count are one atomic step. Recorders drain the stream into PostgreSQL in
-batches (``journal_flush``): a thread in every web process, every worker's maintenance, and
-``manage.py reconcile``. A row appears within about JOURNAL_FLUSH_INTERVAL of its reply.
+batches (``journal_flush``): every queue worker, at least every WORKER_HEARTBEAT_INTERVAL idle or
+busy (queries/worker.py), so that the web spends no CPU on it; a thread in every web process that
+records only while no worker is alive (a web running without workers); and ``manage.py reconcile``.
+A row appears within about WORKER_HEARTBEAT_INTERVAL of its reply (JOURNAL_FLUSH_INTERVAL when the
+web records it).
 
 What it costs: for that moment the record lives only in Redis. A Redis that loses its data (a restart
 without persistence) loses the records not yet written, at most a second's worth of cache hits, and
@@ -45,6 +48,7 @@ from core.redis_loop import LoopRedis
 from queries.auth import KEYS_VERSION_KEY
 from queries.models import ApiKey, Job, QueryRequest
 from queries.services.cache import cache_entry_purge
+from queries.services.workers import workers_alive
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +329,13 @@ def _consumers_forget(redis: Redis) -> None:
 
 
 class _Recorder(threading.Thread):
-    """Drains the journal in this process: a batch, then JOURNAL_FLUSH_INTERVAL for the next to grow."""
+    """Drains the journal in this process while no queue worker is alive to do it.
+
+    A batch, then JOURNAL_FLUSH_INTERVAL for the next to grow. While any worker is alive
+    (services.workers) it records nothing and looks again every WORKER_HEARTBEAT_INTERVAL: a web
+    without workers (or whose workers all died) still gets its hits written, after at most
+    WORKER_STALE_AFTER, and what a dead worker had read is claimed after JOURNAL_CLAIM_IDLE_MS.
+    """
 
     def __init__(self) -> None:
         super().__init__(name="journal-recorder", daemon=True)
@@ -335,9 +345,13 @@ class _Recorder(threading.Thread):
     def run(self) -> None:
         consumer = _consumer_name()
         interval = settings.JOURNAL_FLUSH_INTERVAL
+        recheck = float(settings.WORKER_HEARTBEAT_INTERVAL)
         next_cleanup = time.monotonic()
         while not self.stopping.is_set():
             try:
+                if not web_records():
+                    self.stopping.wait(recheck)
+                    continue
                 close_old_connections()
                 # Blocks up to `interval` when the journal is empty.
                 handled = journal_flush(consumer=consumer, block_ms=max(1, int(interval * 1000)))
@@ -361,6 +375,15 @@ class _Recorder(threading.Thread):
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
         self.join(timeout)
+
+
+def web_records() -> bool:
+    """Whether a web process's recorder writes the journal now: only while no queue worker is alive.
+
+    Live workers record it in their maintenance (queries/worker.py), so that a cache hit costs the
+    web no database work; the web's recorder is for a deployment running without workers.
+    """
+    return not workers_alive(redis=redis_client())
 
 
 _recorder: _Recorder | None = None
