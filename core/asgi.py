@@ -300,7 +300,7 @@ async def send_json_error(
 
 async def _read_body(receive: Receive, length: int) -> bytes:
     chunks: list[bytes] = []
-    more = length > 0
+    more = True  # an empty body still comes as one http.request message
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":

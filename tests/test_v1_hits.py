@@ -197,3 +197,17 @@ def test_a_bad_key_is_the_full_paths_401(api_key):
     code, _, content = post("/v1/messages", MESSAGES, key=None)
     assert code == 401
     assert hits_counted() == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions"])
+@pytest.mark.parametrize("length", [None, b"0"], ids=["no-content-length", "empty"])
+def test_a_post_without_a_body_is_the_full_paths_400(api_key, path, length):
+    """The fast path reads the empty body's one message, so the view does not see it a second time."""
+    _, key = api_key
+    fields = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
+    if length is not None:
+        fields.append((b"content-length", length))
+    code, headers, content = call(path, fields, b"")
+    assert code == 400, content
+    assert headers[b"content-type"].startswith(b"application/json")
+    assert json.loads(content)["error"]["type"] == "invalid_request_error"
