@@ -16,6 +16,7 @@ the CLI included), and how long its worker took from finishing its previous job 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,8 @@ from typing import Any
 
 import psycopg
 from bare import bare_parallel
-from procs import Proc, children, cli_seconds, cmdline, memory_kib, say, wait_until
+from procs import Proc, children, cli_seconds, cmdline, memory_kib, say
 from stack import (
-    FINISHED,
     PYTHON,
     WORKER_MODES,
     Gateway,
@@ -35,6 +35,7 @@ from stack import (
     Workers,
     post,
     start_workers,
+    wait_final,
     wait_pool_ready,
 )
 
@@ -189,27 +190,27 @@ class CpuAccount:
 
 
 def burst(setup: Setup, gateway: Gateway, n: int, run_id: str, account: CpuAccount) -> dict[str, Any]:
-    session = gateway.session()
+    clients = threading.local()  # a connection per client thread
     queries = [f"burst {run_id} {i}: name {i} primes" for i in range(n)]
     with account.measure() as cpu:
         started = time.monotonic()
+
+        def submit_and_wait(query: str) -> tuple[str, str]:
+            # Each client waits with GET /api/query/{id}?wait=S: answered as soon as its job is final.
+            own = getattr(clients, "session", None)
+            if own is None:
+                own = clients.session = gateway.session()
+            job_id = post(own, gateway.url, query)["jobId"]
+            return job_id, wait_final(own, gateway.url, job_id, timeout=300)["state"]
+
         with ThreadPoolExecutor(max_workers=min(n, 32)) as executor:
-            jobs = list(executor.map(lambda q: post(session, gateway.url, q)["jobId"], queries))
-        with psycopg.connect(setup.database_url, autocommit=True, application_name=BENCH_APP) as conn:
-
-            def count() -> int:
-                row = conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE state = 'completed') FROM queries_job"
-                    " WHERE id = ANY(%s::uuid[]) AND state = ANY(%s)",
-                    (jobs, list(FINISHED)),
-                ).fetchone()
-                return row
-
-            finished = wait_until(lambda: (c := count())[0] == n and c, 300, "the burst", interval=0.02)
+            outcomes = list(executor.map(submit_and_wait, queries))
         elapsed = time.monotonic() - started
+        jobs = [job_id for job_id, _ in outcomes]
         phases = job_phases(setup, jobs)
-    if finished[1] != n:
-        raise RuntimeError(f"burst: {n - finished[1]} of {n} jobs did not complete")
+    completed = sum(state == "completed" for _, state in outcomes)
+    if completed != n:
+        raise RuntimeError(f"burst: {n - completed} of {n} jobs did not complete")
     per_job = {k: v / n for k, v in cpu.items() if k in ("web", "worker_own", "horses", "cli", "postgres")}
     return {
         "n": n,

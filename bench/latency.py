@@ -7,10 +7,9 @@ import statistics
 import time
 from typing import Any
 
-import psycopg
 from figures import percentile
 from procs import say
-from stack import Gateway, Setup, post, wait_pool_ready, wait_result
+from stack import Gateway, Setup, post, wait_final, wait_pool_ready
 
 
 def measure(setup: Setup, gateway: Gateway, run_id: str) -> dict[str, Any]:
@@ -28,14 +27,16 @@ def gateway_latency(
 ) -> dict[str, Any]:
     session = gateway.session()
     times = []
-    with psycopg.connect(setup.database_url, autocommit=True) as db:
-        for i in range(n):
-            if rest and gateway.workers is not None:
-                wait_pool_ready(setup, gateway.workers)
-            started = time.monotonic()
-            job = post(session, gateway.url, f"latency {label} {run_id} {i}: what is {i}+{i}?")
-            wait_result(session, gateway.url, job["jobId"], interval=setup.args.poll_interval, db=db)
-            times.append(time.monotonic() - started)
+    for i in range(n):
+        if rest and gateway.workers is not None:
+            wait_pool_ready(setup, gateway.workers)
+        started = time.monotonic()
+        job = post(session, gateway.url, f"latency {label} {run_id} {i}: what is {i}+{i}?")
+        # The client waits with ?wait=: the answer comes as soon as the job is final.
+        body = wait_final(session, gateway.url, job["jobId"])
+        times.append(time.monotonic() - started)
+        if body["state"] != "completed":
+            raise RuntimeError(f"job {job['jobId']} {body['state']}: {body.get('error')}")
     return {
         "times": [round(t, 4) for t in times],
         "n": n,

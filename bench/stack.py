@@ -365,6 +365,20 @@ def post(session: requests.Session, url: str, query: str) -> dict[str, Any]:
     return response.json()
 
 
+def wait_final(session: requests.Session, url: str, job_id: str, timeout: float = 120) -> dict:
+    """Wait for the job's final state as a well-behaved client does: ``GET /api/query/{id}?wait=S``
+    answers as soon as the job is final (the web server waits for its final event), so there is no
+    polling loop loading the web server on the machine being measured. Returns the body, any state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wait = max(1, min(30, int(deadline - time.monotonic())))
+        body = session.get(f"{url}/api/query/{job_id}", params={"wait": wait}, timeout=wait + 30).json()
+        if body["state"] in FINISHED:
+            return body
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} not finished after {timeout} s")
+
+
 def wait_result(
     session: requests.Session,
     url: str,

@@ -47,7 +47,7 @@ from claude_cli.warm import WarmProcess
 logger = logging.getLogger(__name__)
 
 # should_cancel() is called less often than the process is checked, since it may query the database.
-_CANCEL_POLL_INTERVAL = 0.2
+_CANCEL_POLL_INTERVAL = 0.5
 # Leftovers of a CLI that exited by itself get a short grace, not the full kill grace: the CLI is
 # done, and whatever remains in its group is only holding the job up.
 _LEFTOVER_GRACE = 1.0
@@ -70,7 +70,7 @@ def run_claude(
     """Run the CLI once and report what happened.
 
     ``on_start(pid)`` is called as soon as the process exists; ``should_cancel()`` is polled about
-    every 0.2 s and, when it returns True, the run is stopped like a timeout. ``on_event(event)``
+    every 0.5 s and, when it returns True, the run is stopped like a timeout. ``on_event(event)``
     gets each text delta and tool start or end as the CLI prints it (claude_cli.streamjson).
     ``on_upstream(failure)`` gets each failed upstream request the CLI reports: before retrying it,
     and the one a failed result names (claude_cli.upstream); when it returns True the run is

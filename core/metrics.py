@@ -126,12 +126,13 @@ def _label(value: Any, *, fallback: str = "unknown") -> str:
     return text if _LABEL_VALUE.match(text) else fallback
 
 
-def _add(increments: Iterable[tuple[str, int | float]]) -> None:
-    """Apply increments in one MULTI/EXEC, so a scrape sees all of them or none."""
+def _add(increments: Iterable[tuple[str, int | float]], *, cli_stopped: Any = None) -> None:
+    """Apply increments in one MULTI/EXEC, so a scrape sees all of them or none; with
+    ``cli_stopped`` (a job id), the same round trip ends that job's CLI mark (see cli_stopped)."""
     if not settings.METRICS_ENABLED:
         return
     items = [(field, amount) for field, amount in increments if amount]
-    if not items:
+    if not items and cli_stopped is None:
         return
     try:
         pipe = redis_client().pipeline(transaction=True)
@@ -140,6 +141,8 @@ def _add(increments: Iterable[tuple[str, int | float]]) -> None:
                 pipe.hincrby(COUNTERS_KEY, field, amount)
             else:
                 pipe.hincrbyfloat(COUNTERS_KEY, field, amount)
+        if cli_stopped is not None:
+            pipe.zrem(CLI_RUNNING_KEY, str(cli_stopped))
         pipe.execute()
     except RedisError:
         logger.warning("could not record metrics %s", [field for field, _ in items], exc_info=True)
@@ -171,13 +174,15 @@ def cli_pool_counted(*, hit: bool) -> None:
 def job_finished_counted(*, job: Any) -> None:
     """Count a job that reached its final state (called once per job, where that state is saved)."""
     state = str(job.state)
+    increments = []
     if state == "completed":
-        _add([(field_name("claude_jobs_completed_total"), 1)])
+        increments.append((field_name("claude_jobs_completed_total"), 1))
     elif state in ("failed", "cancelled"):
         reason = _label(job.error_type or ("cancelled" if state == "cancelled" else ""))
-        _add([(field_name("claude_jobs_failed_total", reason=reason), 1)])
-    # Whatever ended the job (an answer, a timeout, a dead work horse), its CLI is not running now.
-    cli_stopped(job_id=job.id)
+        increments.append((field_name("claude_jobs_failed_total", reason=reason), 1))
+    # Whatever ended the job (an answer, a timeout, a dead work horse), its CLI is not running now:
+    # its mark goes in the same round trip.
+    _add(increments, cli_stopped=job.id)
 
 
 def cli_run_observed(*, job: Any, outcome: Any) -> None:

@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # Longest wait between two tries while Redis is unavailable (the first is after 0.1 s).
 REDIS_RETRY_MAX = 2.0
+# Seconds within which a second plain heartbeat adds nothing (the TTL it sets is minutes long).
+HEARTBEAT_REPEAT = 1.0
 T = TypeVar("T")
 
 if TYPE_CHECKING:
@@ -186,6 +188,7 @@ class RedisOutageMixin(_Outage):
     _requeue_at: float | None = None
     _settle_at: float | None = None
     _current_job: str | None = None
+    _plain_beat_at: float | None = None
 
     @property
     def _beat_lock(self) -> threading.RLock:
@@ -254,8 +257,14 @@ class RedisOutageMixin(_Outage):
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         if pipeline is not None:
+            self._plain_beat_at = None  # another TTL than the plain heartbeat's may be set
             super().heartbeat(timeout, pipeline)
             return
+        if timeout is None and self._plain_beat_at is not None:
+            # rq's loop beats after a job and twice around the dequeue that follows: back to back
+            # in a busy worker. One plain beat within HEARTBEAT_REPEAT stands for the next.
+            if time.monotonic() - self._plain_beat_at < HEARTBEAT_REPEAT:
+                return
         with self.uninterruptible():
             self.riding_out(self.heartbeat_now, timeout)
 
@@ -269,6 +278,7 @@ class RedisOutageMixin(_Outage):
                 member, born, *_ = pipe.execute()
             if not (member and born):
                 self._register_again()
+            self._plain_beat_at = time.monotonic() if timeout is None else None
 
     def registration_check(self) -> None:
         with self._beat_lock:

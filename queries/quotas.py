@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -262,13 +263,45 @@ def quota_jobs_acquire(*, api_key: ApiKey, job_id: uuid.UUID | str, redis: Redis
     )
 
 
-def job_creator_key_id(*, job: Job) -> int | None:
-    """The API key whose submission created the job (None for anonymous submissions)."""
-    return (
-        QueryRequest.objects.filter(job_id=job.id, outcome=QueryRequest.Outcome.QUEUED)
-        .values_list("api_key_id", flat=True)
+@dataclass(frozen=True)
+class JobCreator:
+    """The submission that created a job: its request, its key and the key's monthly budget."""
+
+    request_id: uuid.UUID
+    api_key_id: int | None
+    monthly_budget_usd: Decimal | None
+
+
+# Where job_creator keeps its answer on a Job instance: a job's creator never changes.
+_CREATOR_ATTR = "_gateway_creator"
+
+
+def job_creator_lookup(*, job_id: uuid.UUID | str) -> JobCreator | None:
+    """The submission that created the job, in one query (None if it is not recorded)."""
+    row = (
+        QueryRequest.objects.filter(job_id=job_id, outcome=QueryRequest.Outcome.QUEUED)
+        .values_list("id", "api_key_id", "api_key__monthly_budget_usd")
         .first()
     )
+    return JobCreator(*row) if row is not None else None
+
+
+def job_creator_remember(*, job: Job, creator: JobCreator | None) -> None:
+    """Keep a creator already looked up (by the task, for its log context) on the job instance."""
+    job.__dict__[_CREATOR_ATTR] = creator
+
+
+def job_creator(*, job: Job) -> JobCreator | None:
+    """The submission that created the job, looked up once per Job instance."""
+    if _CREATOR_ATTR not in job.__dict__:
+        job_creator_remember(job=job, creator=job_creator_lookup(job_id=job.id))
+    return cast("JobCreator | None", job.__dict__[_CREATOR_ATTR])
+
+
+def job_creator_key_id(*, job: Job) -> int | None:
+    """The API key whose submission created the job (None for anonymous submissions)."""
+    creator = job_creator(job=job)
+    return creator.api_key_id if creator is not None else None
 
 
 def quota_jobs_release(*, job: Job, redis: Redis | None = None) -> None:
@@ -331,10 +364,10 @@ def quota_budget_check(*, api_key: ApiKey) -> None:
 
 def job_budget_refusal(*, job: Job) -> str | None:
     """Why a queued job may not run because its creator is over budget, or None if it may."""
-    key_id = job_creator_key_id(job=job)
-    if key_id is None:
+    creator = job_creator(job=job)
+    if creator is None or creator.api_key_id is None:
         return None
-    budget = ApiKey.objects.filter(pk=key_id).values_list("monthly_budget_usd", flat=True).first()
+    key_id, budget = creator.api_key_id, creator.monthly_budget_usd
     if budget is None:
         return None
     spent = api_key_month_spend(api_key=key_id)

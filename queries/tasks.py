@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 from core.db import connections_reset, database_lost
 from core.logs import log_context
-from queries import services
-from queries.models import QueryRequest
+from queries import quotas, services
+from queries.models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -17,16 +19,17 @@ DATABASE_ATTEMPTS = 3
 
 
 def run_job(job_id: str) -> str | None:
-    # The request that made the job: its requestId ties the worker's lines to the web's.
+    # The request that made the job: its requestId ties the worker's lines to the web's. Looked up
+    # once: the run reads its key and the key's budget from it too.
     try:
-        origin = _origin_request(job_id)
+        creator = quotas.job_creator_lookup(job_id=job_id)
     except Exception as exc:
         if not database_lost(exc):
             raise
         connections_reset()
-        origin = _origin_request(job_id)
-    with log_context(request_id=origin, job_id=job_id):
-        run = services.job_run
+        creator = quotas.job_creator_lookup(job_id=job_id)
+    with log_context(request_id=creator.request_id if creator is not None else None, job_id=job_id):
+        run: Callable[..., Job | None] = functools.partial(services.job_run, creator=creator)
         for attempt in range(1, DATABASE_ATTEMPTS + 1):
             try:
                 job = run(job_id=job_id)
@@ -39,11 +42,3 @@ def run_job(job_id: str) -> str | None:
                 connections_reset()
                 run = services.job_run_again
     return job.state if job is not None else None
-
-
-def _origin_request(job_id: str) -> object:
-    return (
-        QueryRequest.objects.filter(job_id=job_id, outcome=QueryRequest.Outcome.QUEUED)
-        .values_list("id", flat=True)
-        .first()
-    )

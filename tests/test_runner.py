@@ -571,7 +571,7 @@ def test_should_cancel_stops_the_group(tmp_path: Path, reap_strays: list[int]) -
     def should_cancel() -> bool:
         nonlocal calls
         calls += 1
-        return time.monotonic() - started > 0.5
+        return time.monotonic() - started > 1.2
 
     outcome = run_claude(
         ClaudeInvocation(prompt="hi"),
@@ -583,8 +583,8 @@ def test_should_cancel_stops_the_group(tmp_path: Path, reap_strays: list[int]) -
     assert outcome.error_type == "cancelled"
     assert outcome.exit_code is None
     assert outcome.duration < 3
-    # Polled about every 0.2 s, not in a busy loop.
-    assert 2 <= calls <= 10
+    # Polled about every 0.5 s, not in a busy loop.
+    assert 2 <= calls <= 5
     assert outcome.pid is not None and wait_gone(outcome.pid, timeout=0.5)
     assert wait_gone(read_pid(pid_file))
 

@@ -89,10 +89,12 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def job_run(*, job_id: uuid.UUID | str) -> Job | None:
+def job_run(*, job_id: uuid.UUID | str, creator: quotas.JobCreator | None = None) -> Job | None:
     """Claim a queued job, run the CLI for it, and record the outcome.
 
-    Returns the finished job, or None if another worker had claimed it (or it was cancelled).
+    ``creator`` is the job's creating submission if the caller looked it up already (else it is
+    looked up when needed). Returns the finished job, or None if another worker had claimed it (or
+    it was cancelled).
     """
     entered = round(time.time(), 4)
     if breaker.breaker_open():
@@ -109,6 +111,8 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
         return None
     timings = _timings.set({"job_run": entered, "claimed": round(time.time(), 4)})
     job = Job.objects.get(id=job_id)
+    if creator is not None:
+        quotas.job_creator_remember(job=job, creator=creator)
     held = False
     try:
         if job.use_cache and settings.CACHE_ENABLED:
@@ -126,7 +130,9 @@ def job_run(*, job_id: uuid.UUID | str) -> Job | None:
         job_fail(job=job, error_type=Job.ErrorType.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if not held:  # a job queued again keeps its mark: identical submissions still join it
+        # A job queued again keeps its mark: identical submissions still join it. A final state
+        # released it already (_job_final_state).
+        if not held and job.state not in Job.FINISHED_STATES:
             dedup_release(query_hash=job.hash, job_id=job.id)
         _timings.reset(timings)
 
@@ -178,26 +184,22 @@ def _job_execute(*, job: Job) -> Job:
             job=job,
             error_type=outcome.error_type or Job.ErrorType.CLI_ERROR,
             message=outcome.error_message,
-            extra_fields=["cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS],
+            extra_fields=_OUTPUT_FIELDS,
         )
 
     # The answer's writes commit once: each commit waits for the WAL to reach the disk (about 1 ms
-    # on an idle machine, 10 ms on a busy one), and the client is waiting for the last of them.
+    # on an idle machine, 10 ms on a busy one), and the client is waiting for the last of them. The
+    # job's row is written once, with its final state: no one sees the row between these writes.
     with transaction.atomic():
-        job.progress = 80
-        job.save(
-            update_fields=["progress", "response", "cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS]
-        )
-        _mark("output_saved")
         sessions.session_record(job=job, invocation=plan.invocation, config=config, outcome=outcome)
         _mark("session_recorded")
         # Cache before the job is marked completed: a submission that finds the in-flight mark naming
         # a finished job goes to the cache next, and must find the answer there. A noCache
         # submission's answer is cached too: noCache skips the lookup, not the store.
-        if settings.CACHE_ENABLED and route.cacheable and cache_put(job=job, ttl=route.cache_ttl):
-            Job.objects.filter(id=job.id).update(progress=90)
+        if settings.CACHE_ENABLED and route.cacheable:
+            cache_put(job=job, ttl=route.cache_ttl)
         _mark("cached")
-        _job_final_state(job=job, state=Job.State.COMPLETED)
+        _job_final_state(job=job, state=Job.State.COMPLETED, extra_fields=_OUTPUT_FIELDS)
     return _job_announce(job=job)
 
 
@@ -246,6 +248,8 @@ _USAGE_FIELDS = [
     "session_id",
     "stop_reason",
 ]
+# What _record_cli_output sets; written with the job's final state.
+_OUTPUT_FIELDS = ["model", "response", "cli_output", "exit_code", "stderr_tail", *_USAGE_FIELDS]
 
 
 def _record_cli_output(*, job: Job, outcome: ClaudeOutcome) -> None:
@@ -269,7 +273,6 @@ def _record_cli_output(*, job: Job, outcome: ClaudeOutcome) -> None:
     job.stop_reason = stop_reason[:32] if isinstance(stop_reason, str) else ""
     if not job.model and isinstance(data.get("modelUsage"), dict) and data["modelUsage"]:
         job.model = str(next(iter(data["modelUsage"])))[:100]
-        job.save(update_fields=["model"])
 
 
 def _count(value: Any) -> int | None:
@@ -292,7 +295,7 @@ def _job_hold(*, job: Job, reason: str) -> Job:
     workers take it once the breaker lets them (queries.worker).
     """
     Job.objects.filter(id=job.id, state=Job.State.RUNNING).update(
-        state=Job.State.QUEUED, started_at=None, worker_name="", cli_pid=None, progress=0
+        state=Job.State.QUEUED, started_at=None, worker_name="", cli_pid=None, progress=0, model=job.model
     )
     job.refresh_from_db()
     metrics.cli_stopped(job_id=job.id)
@@ -327,8 +330,11 @@ def _job_complete_from_cache(*, job: Job, entry: dict[str, Any]) -> Job:
     job.stop_reason = str(result.get("stopReason") or "")[:32]
     job.model = job.model or (result.get("model") or "")
     job.cost_usd = Decimal(0)  # nothing was spent on this execution
-    job.save(update_fields=["response", "served_from_cache", "model", *_USAGE_FIELDS])
-    return _job_finish(job=job, state=Job.State.COMPLETED)
+    return _job_finish(
+        job=job,
+        state=Job.State.COMPLETED,
+        extra_fields=["response", "served_from_cache", "model", *_USAGE_FIELDS],
+    )
 
 
 def _job_finish(*, job: Job, state: str, extra_fields: Iterable[str] = ()) -> Job:
@@ -430,7 +436,7 @@ def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
 
 
 def job_cancel_requested(*, job_id: uuid.UUID | str) -> bool:
-    """Whether an operator asked to cancel this job. Called every 0.2 s while its CLI runs."""
+    """Whether an operator asked to cancel this job. Called every 0.5 s while its CLI runs."""
     try:
         return bool(redis_client().exists(CANCEL_KEY.format(job_id)))
     except RedisError:

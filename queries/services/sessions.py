@@ -33,7 +33,7 @@ from claude_cli import sessions as cli_sessions
 from claude_cli.invocation import ClaudeInvocation, ClaudeOutcome, RunnerConfig
 from claude_cli.process import child_env
 from core.errors import InvalidRequest, NotFound
-from queries import lineage
+from queries import lineage, quotas
 from queries.models import ApiKey, Job, QueryRequest, Session, SessionMode
 
 logger = logging.getLogger(__name__)
@@ -272,14 +272,23 @@ def session_record(
         return None
 
 
+def _session_key_id(*, job: Job) -> int | None:
+    """The key of the job's first request: its creator (looked up once for the whole run), else the
+    earliest request made for it."""
+    creator = quotas.job_creator(job=job)
+    if creator is not None:
+        return creator.api_key_id
+    first = job.requests.order_by("created_at").values_list("api_key_id", flat=True).first()
+    return first
+
+
 def _session_store(*, job: Job, session_id: str, content: bytes | None, size: int) -> Session:
-    first = job.requests.order_by("created_at").only("api_key_id").first()
     now = timezone.now()
     expires = now + timedelta(seconds=settings.SESSION_TTL)
     user: Any = job.turn_content if job.turn_content is not None else job.query
     prefix = job.lineage_prefix or lineage.lineage_root()
     fields: dict[str, Any] = {
-        "api_key_id": first.api_key_id if first is not None else None,
+        "api_key_id": _session_key_id(job=job),
         "job_id": job.id,
         # The turn before in the conversation, whether this run resumed it or fell back.
         "parent_id": job.session_parent_id,
