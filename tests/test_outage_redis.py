@@ -152,14 +152,24 @@ def test_workers_ride_out_a_redis_restart_and_every_accepted_job_ends(
     assert len(beats) == 3
 
     # The pool's warm CLIs serve jobs again (the counters started from zero with the empty Redis).
+    # Three jobs at once: the plain worker, whose dequeue blocks longest, is first in Redis's line of
+    # waiting clients and takes one; the pool's workers take the others.
     def warm_hit() -> bool:
-        job_id = replies.post(http, f"warm {time.time()} [[mock:text=warm]]").json()["jobId"]
-        job = wait_for(
-            lambda: Job.objects.filter(id=job_id).exclude(state__in=Job.ACTIVE_STATES).first(),
+        stamp = time.time()
+        job_ids = [
+            replies.post(http, f"warm {stamp} {n} [[mock:text=warm]]").json()["jobId"] for n in range(3)
+        ]
+        jobs = wait_for(
+            lambda: (
+                found
+                if len(found := list(Job.objects.filter(id__in=job_ids).exclude(state__in=Job.ACTIVE_STATES)))
+                == len(job_ids)
+                else None
+            ),
             timeout=60,
-            message="the job to end",
+            message="the jobs to end",
         )
-        assert job.state == Job.State.COMPLETED
+        assert {job.state for job in jobs} == {Job.State.COMPLETED}
         return scrape(http, "claude_cli_pool_hits_total") > 0
 
     wait_for(warm_hit, timeout=120, interval=1, message="a job on a warm CLI after the restart")
