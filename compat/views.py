@@ -7,6 +7,7 @@ events: a JSON body when the client waits, an SSE stream when it streams.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from compat import anthropic_format, openai_format
 from compat.anthropic_request import MessagesCall, messages_call_parse
 from compat.auth import caller_key
-from compat.errors import ApiError
+from compat.errors import ApiError, from_gateway_error
 from compat.limits import body_json, error_body_for
 from compat.models_list import model_check, model_get, models_page
 from compat.openai_request import ChatCall, chat_call_parse
@@ -35,11 +36,25 @@ from compat.pipeline import (
 )
 from core import logs
 from core.asgi import in_web_thread
+from core.db import DATABASE_ERRORS
+from core.errors import DATABASE_UNAVAILABLE
 from queries import services
 from queries.prompts import API_ANTHROPIC, API_OPENAI
 
+logger = logging.getLogger(__name__)
+
 IGNORED_HEADER = "x-gateway-ignored-params"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
+    """``func`` (ORM work) on a web thread. A database that is down, or that dropped the connection
+    under it, is the API's own overloaded error with ``retry-after``, not the native 503's shape."""
+    try:
+        return await in_web_thread(func, *args)
+    except DATABASE_ERRORS as exc:
+        logger.warning("the database is unavailable: %s", exc)
+        raise from_gateway_error(503, "overloaded_error", DATABASE_UNAVAILABLE, {"Retry-After": "1"}) from exc
 
 
 def json_reply(
@@ -111,7 +126,7 @@ async def _create(
     if request.method != "POST":
         return _method_not_allowed(request, "POST")
     try:
-        call, submission = await in_web_thread(_accept, request, parse, api)
+        call, submission = await _in_thread(_accept, request, parse, api)
     except ApiError as error:
         return _error(request, error)
     headers = call_headers(call, submission)
@@ -226,7 +241,7 @@ async def models_list(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request, "GET, HEAD")
     try:
-        await in_web_thread(_authenticated, request)
+        await _in_thread(_authenticated, request)
         return json_reply(request, models_page(request.GET.dict()))
     except ApiError as error:
         return _error(request, error)
@@ -237,7 +252,7 @@ async def models_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request, "GET, HEAD")
     try:
-        await in_web_thread(_authenticated, request)
+        await _in_thread(_authenticated, request)
         return json_reply(request, model_get(model_id))
     except ApiError as error:
         return _error(request, error)

@@ -27,6 +27,7 @@ from queries import services
 from queries.models import Job, QueryRequest
 from queries.streaming import query_detail
 from tests.support.processes import free_port, start_web_server
+from tests.support.v1 import MODEL
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -128,6 +129,22 @@ def test_the_api_answers_json_503s_while_the_database_is_unreachable(
         assert reply.headers["Content-Type"].startswith("application/json")
         assert reply.json()["error"]["type"] == "overloaded_error"
         assert reply.headers["Retry-After"] == "1"
+    # The /v1/ APIs answer in their own shapes: Anthropic's overloaded 529, OpenAI's server error.
+    messages = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "2+2?"}]}
+    v1 = [
+        requests.post(f"{base}/v1/messages", json=messages, headers=headers, timeout=30),
+        requests.get(f"{base}/v1/models", headers=headers, timeout=30),
+    ]
+    for reply in v1:
+        assert reply.status_code == 529, (reply.request.url, reply.text[:300])
+        assert reply.json()["type"] == "error", reply.text[:300]
+        assert reply.json()["error"]["type"] == "overloaded_error"
+        assert reply.headers["Retry-After"] == "1"
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "2+2?"}]}
+    reply = requests.post(f"{base}/v1/chat/completions", json=chat, headers=headers, timeout=30)
+    assert reply.status_code == 529, reply.text[:300]
+    assert reply.json()["error"]["code"] == "overloaded", reply.text[:300]
+    assert reply.headers["Retry-After"] == "1"
     ready = requests.get(f"{base}/ready", timeout=30)
     assert ready.status_code == 503 and ready.json()["components"]["database"]["status"] == "down"
 
