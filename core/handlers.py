@@ -24,6 +24,7 @@ from core.db import connections_reset
 FAST_PATH_TRIED = "gateway.fast_path_tried"
 # Set on a request this handler runs again if it lost the database: views leave the retry to it.
 DATABASE_RETRY = "gateway.database_retry"
+DATABASE_ATTEMPTS = 3
 # What a fast path on the event loop (settings.LOOP_FAST_PATHS, core.asgi) returns for a request it
 # cannot answer without a blocking call: the path's FAST_PATHS function is asked on a thread instead.
 ON_THREAD = object()
@@ -85,7 +86,8 @@ class GatewayWSGIHandler:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         """An API request whose database connection PostgreSQL dropped (a restart, a failover) runs
-        once more on a fresh connection, so the caller gets an answer instead of a 503.
+        again on a fresh connection, up to DATABASE_ATTEMPTS in all, so the caller gets an answer
+        instead of a 503: a failover often drops connections more than once in a few seconds.
 
         The body is read first (it is at most REQUEST_MAX_BYTES) so that the retry can read it again.
         """
@@ -99,10 +101,10 @@ class GatewayWSGIHandler:
             reply[:] = [status, headers, exc_info]
             return _no_write
 
-        for attempt in (1, 2):
+        for attempt in range(1, DATABASE_ATTEMPTS + 1):
             environ["wsgi.input"] = io.BytesIO(body)
             response = self.api(environ, hold)
-            if attempt == 2 or not getattr(response, "database_lost", False):
+            if attempt == DATABASE_ATTEMPTS or not getattr(response, "database_lost", False):
                 break
             response.close()
             connections_reset()

@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 
 from core.asgi import in_web_thread
 from core.db import connections_reset
-from core.handlers import DATABASE_RETRY
+from core.handlers import DATABASE_ATTEMPTS, DATABASE_RETRY
 from queries import schema, services
 from queries.api import QueryDetailApi, job_visible
 from queries.services.events import is_final
@@ -56,9 +56,12 @@ def _checked(view: Callable[..., Any]) -> Callable[..., Any]:
 
     def call(request: HttpRequest, **kwargs: Any) -> Any:
         response = view(request, **kwargs)
-        if getattr(response, "database_lost", False) and not request.META.get(DATABASE_RETRY):
-            # PostgreSQL dropped the connection under the view (a restart, a failover): once more on
-            # a fresh one, as core.handlers does for what it serves (it does so here under WSGI).
+        attempts = 1 if request.META.get(DATABASE_RETRY) else DATABASE_ATTEMPTS
+        for _ in range(attempts - 1):
+            if not getattr(response, "database_lost", False):
+                break
+            # PostgreSQL dropped the connection under the view (a restart, a failover): again on a
+            # fresh one, as core.handlers does for what it serves (it does so here under WSGI).
             connections_reset()
             response = view(request, **kwargs)
         if hasattr(response, "render"):
