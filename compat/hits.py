@@ -24,7 +24,6 @@ stream, the error or the new job.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -32,10 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import DisallowedHost
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpResponse
-from django.middleware.security import SecurityMiddleware
 
 from compat import views
 from compat.anthropic_request import messages_call_parse
@@ -43,52 +40,28 @@ from compat.errors import ApiError
 from compat.models_list import model_check
 from compat.openai_request import chat_call_parse
 from core import logs
-from core.limits import request_limits_refusal
-from core.middleware import HttpMetricsMiddleware
-from queries import auth, services
+from queries import auth, hits, services
 from queries.models import Priority
 from queries.prompts import API_ANTHROPIC, API_OPENAI
 from queries.services import journal
 
 logger = logging.getLogger(__name__)
 
-_JSON_TYPES = frozenset(
-    ("application/json", "application/json; charset=utf-8", "application/json;charset=utf-8")
-)
 # What makes a call other than plain (compat.pipeline.gateway_options reads them on the full path).
 _OPTION_HEADERS = ("HTTP_X_GATEWAY_CACHE", "HTTP_X_GATEWAY_PRIORITY")
 
 
-class _Parts:
-    """Middleware pieces the reply shares with the full path, made once per process."""
-
-    def __init__(self) -> None:
-        self.security = SecurityMiddleware(lambda request: HttpResponse())
-        self.metrics = HttpMetricsMiddleware(lambda request: HttpResponse())
-
-
-_parts: _Parts | None = None
-
-
 def _plain_body(request: WSGIRequest) -> Any:
     """The parsed body if the request is one this path may answer, else None."""
-    meta = request.META
-    if meta.get("QUERY_STRING") or "HTTP_TRANSFER_ENCODING" in meta:
+    if any(name in request.META for name in _OPTION_HEADERS):
         return None
-    if any(name in meta for name in _OPTION_HEADERS):
-        return None
-    if meta.get("CONTENT_TYPE", "").lower() not in _JSON_TYPES:
-        return None
-    length = meta.get("CONTENT_LENGTH", "")
-    if not length.isdigit() or not 0 < int(length) <= settings.V1_MAX_BODY_BYTES:
-        return None
-    if request_limits_refusal(request) is not None:
+    body = hits.plain_json_body(request, max_bytes=settings.V1_MAX_BODY_BYTES)
+    if body is None:
         return None
     try:
-        request.get_host()
         # As compat.limits.body_json parses it, so the full path would have read the same call.
-        return json.loads(request.body)
-    except (DisallowedHost, ValueError, RecursionError):
+        return json.loads(body)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -152,9 +125,7 @@ def _hit(
     api: str,
     answered: Callable[[services.Submission, Any, dict[str, Any]], dict[str, Any]],
 ) -> tuple[WSGIRequest, HttpResponse] | None:
-    global _parts
-    if _parts is None:
-        _parts = _Parts()
+    parts = hits.middleware_parts()
     started = time.perf_counter()
     request = WSGIRequest(environ)
     with logs.request_scope() as request_id:
@@ -165,13 +136,12 @@ def _hit(
             logger.debug("the /v1/ cache-hit path declined after an error", exc_info=True)
             response = None
         if response is None:
-            if hasattr(request, "_body"):
-                environ["wsgi.input"] = io.BytesIO(request._body)
+            hits.hand_on(environ, request)
             return None
-        _parts.security.process_response(request, response)
+        parts.security.process_response(request, response)
         # Last, as the outermost middleware (core.logs.RequestContextMiddleware) adds it.
         response["X-Request-ID"] = str(request_id)
-        _parts.metrics.record(request, response, started, view=view)
+        parts.metrics.record(request, response, started, view=view)
         logs.access_line(request, response, started)
     return request, response
 

@@ -65,22 +65,43 @@ class _Parts:
 _parts: _Parts | None = None
 
 
-def _plain_body(request: WSGIRequest) -> dict[str, Any] | None:
-    """The parsed body if the request is one this path may answer, else None."""
+def middleware_parts() -> _Parts:
+    """SecurityMiddleware and the HTTP metrics, as the full path runs them (compat.hits too)."""
+    global _parts
+    if _parts is None:
+        _parts = _Parts()
+    return _parts
+
+
+def plain_json_body(request: WSGIRequest, *, max_bytes: int) -> bytes | None:
+    """The body of a request a fast path may answer: no query string, no chunked body, a JSON
+    content type, a length from 1 to ``max_bytes``, within the request limits and from an allowed
+    host; else None (compat.hits too)."""
     meta = request.META
     if meta.get("QUERY_STRING") or "HTTP_TRANSFER_ENCODING" in meta:
         return None
     if meta.get("CONTENT_TYPE", "").lower() not in _JSON_TYPES:
         return None
     length = meta.get("CONTENT_LENGTH", "")
-    if not length.isdigit() or not 0 < int(length) <= settings.REQUEST_MAX_BYTES:
+    if not length.isdigit() or not 0 < int(length) <= max_bytes:
         return None
     if request_limits_refusal(request) is not None:
         return None
     try:
         request.get_host()
-        data = json_loads_strict(request.body)
-    except (DisallowedHost, ValueError):
+    except DisallowedHost:
+        return None
+    return request.body
+
+
+def _plain_body(request: WSGIRequest) -> dict[str, Any] | None:
+    """The parsed body if the request is one this path may answer, else None."""
+    body = plain_json_body(request, max_bytes=settings.REQUEST_MAX_BYTES)
+    if body is None:
+        return None
+    try:
+        data = json_loads_strict(body)
+    except ValueError:
         return None
     if not isinstance(data, dict) or not set(data) <= _FIELDS:
         return None
@@ -159,15 +180,14 @@ def _reply(submission: services.Submission | None, request_id: Any) -> HttpRespo
 
 def _finish(request: WSGIRequest, response: HttpResponse, started: float) -> None:
     """What the full path's middleware does to and for the reply: headers, metrics, the access line."""
-    global _parts
-    if _parts is None:
-        _parts = _Parts()
-    _parts.security.process_response(request, response)
-    _parts.metrics.record(request, response, started, view=VIEW_NAME)
+    parts = middleware_parts()
+    parts.security.process_response(request, response)
+    parts.metrics.record(request, response, started, view=VIEW_NAME)
     logs.access_line(request, response, started)
 
 
-def _hand_on(environ: dict[str, Any], request: WSGIRequest) -> None:
+def hand_on(environ: dict[str, Any], request: WSGIRequest) -> None:
+    """Give the full path the body a fast path read (compat.hits too)."""
     if hasattr(request, "_body"):
         # The body was read from the socket: hand it on to the full path.
         environ["wsgi.input"] = io.BytesIO(request._body)
@@ -185,7 +205,7 @@ def cache_hit_response(environ: dict[str, Any]) -> Answered | None:
             logger.debug("the cache-hit path declined after an error", exc_info=True)
             response = None
         if response is None:
-            _hand_on(environ, request)
+            hand_on(environ, request)
             return None
         _finish(request, response, started)
     return request, response
@@ -211,7 +231,7 @@ async def cache_hit_response_on_loop(environ: dict[str, Any]) -> Answered | obje
             logger.debug("the cache-hit path declined after an error", exc_info=True)
             response = None
         if not isinstance(response, HttpResponse):
-            _hand_on(environ, request)
+            hand_on(environ, request)
             return response
         _finish(request, response, started)
     return request, response
