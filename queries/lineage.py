@@ -14,8 +14,6 @@ Pure functions: no database, no Django.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import unicodedata
@@ -23,20 +21,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from queries.prompts import image_digest
+
 _VERSION = 1
 Content = str | Sequence[dict[str, Any]]
 
 
 def _text(value: Any) -> str:
     return unicodedata.normalize("NFC", str(value)).strip()
-
-
-def _image_digest(data: str) -> str:
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raw = data.encode()
-    return hashlib.sha256(raw).hexdigest()
 
 
 def _blocks(content: Content | None) -> list[dict[str, Any]]:
@@ -58,7 +50,7 @@ def _block_key(block: dict[str, Any]) -> dict[str, Any] | None:
         return {
             "type": "image",
             "mediaType": source.get("media_type"),
-            "sha256": _image_digest(data) if isinstance(data, str) else None,
+            "sha256": image_digest(data) if isinstance(data, str) else None,
             "url": source.get("url"),
         }
     return {key: block[key] for key in sorted(block) if key != "cache_control"}

@@ -66,7 +66,7 @@ def _block_key(block: dict[str, Any]) -> dict[str, Any]:
     if block.get("type") == "image":
         source = block.get("source") or {}
         data = source.get("data")
-        digest = _image_digest(data) if isinstance(data, str) else None
+        digest = image_digest(data) if isinstance(data, str) else None
         return {
             "type": "image",
             "sourceType": source.get("type"),
@@ -79,7 +79,9 @@ def _block_key(block: dict[str, Any]) -> dict[str, Any]:
     return {key: block[key] for key in sorted(block)}
 
 
-def _image_digest(data: str) -> str:
+def image_digest(data: str) -> str:
+    """The SHA-256 of an image block's base64 data (of the text itself if it is not base64): what
+    the cache key and a conversation's lineage hash see of an image."""
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
