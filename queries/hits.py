@@ -76,7 +76,9 @@ def middleware_parts() -> _Parts:
 def plain_json_body(request: WSGIRequest, *, max_bytes: int) -> bytes | None:
     """The body of a request a fast path may answer: no query string, no chunked body, a JSON
     content type, a length from 1 to ``max_bytes``, within the request limits and from an allowed
-    host; else None (compat.hits too)."""
+    host, over HTTPS if SECURE_SSL_REDIRECT asks for it; else None (compat.hits too)."""
+    if settings.SECURE_SSL_REDIRECT and not request.is_secure():
+        return None
     meta = request.META
     if meta.get("QUERY_STRING") or "HTTP_TRANSFER_ENCODING" in meta:
         return None
@@ -143,18 +145,22 @@ def _query(data: dict[str, Any]) -> dict[str, Any]:
 
 def _inputs(request: WSGIRequest) -> tuple[dict[str, Any], str] | None:
     """The body and the presented key of a request this path may answer, else None."""
-    if settings.SECURE_SSL_REDIRECT and not request.is_secure():
-        return None
     data = _plain_body(request)
     if data is None:
         return None
-    try:
-        key = auth.presented_key(request)
-    except Exception:  # a malformed Authorization header: the full path explains it
-        return None
+    key = key_presented(request)
     if key is None:
         return None
     return data, key
+
+
+def key_presented(request: WSGIRequest) -> str | None:
+    """The API key the request presents, None without one or with a malformed Authorization
+    header (the full path explains it) (compat.hits too)."""
+    try:
+        return auth.presented_key(request)
+    except Exception:
+        return None
 
 
 def _reply(submission: services.Submission | None, request_id: Any) -> HttpResponse | None:
