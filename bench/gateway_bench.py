@@ -92,6 +92,7 @@ WITH_GATEWAY = (
     ("stream", stream.first_token),
     ("conversation", conversation.measure),
     ("recovery", recovery.measure),  # kills a worker and restarts Redis (--own-redis)
+    ("stream", stream.prepare_cached),  # the idle streams' cache hit, after Redis restarted empty
     ("submit", submit.measure),  # stops the workers: only what needs none follows
     ("stream", stream.idle_streams),
 )
