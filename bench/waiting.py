@@ -10,9 +10,9 @@ Three kinds of waiting client, each sending sequential distinct queries (no cach
 the one before, as the bare CLI runs on an idle machine; "back to back" sends the next as soon as the
 last is answered. Each run's steps come from the clocks that saw them (all wall clock, one machine):
 the client's (submitted, answered), the job's row (created), rq's job hash (enqueued), the worker's
-``timings`` on the job's final log line (claimed, prompt written, first event, CLI exited, row final,
-final event) and the mock's request log (the upstream got the request). :func:`breakdown` gives the
-p50 of each step.
+``timings`` on the job's final log line (claimed, prompt written, first event, the answer taken
+from the result line or at the CLI's exit, row final, final event) and the mock's request log (the
+upstream got the request). :func:`breakdown` gives the p50 of each step.
 """
 
 from __future__ import annotations
@@ -188,10 +188,10 @@ STEPS = (
     ("claimed → prompt written to the CLI", "claimed", "cli_started"),
     ("prompt written → upstream got the request", "cli_started", "upstream"),
     ("upstream request → first text at the worker", "upstream", "first_event"),
-    ("first text → CLI exited", "first_event", "cli_exited"),
-    ("CLI exited → row final", "cli_exited", "recorded"),
-    ("  of which: the output saved (progress 80)", "cli_exited", "output_saved"),
-    ("  of which: the session kept", "output_saved", "session_recorded"),
+    ("first text → the answer (the result line, or the CLI's exit)", "first_event", "answer"),
+    ("  runs answered before the CLI exited", "first_event", "cli_answered"),
+    ("the answer → row final", "answer", "recorded"),
+    ("  of which: the session kept", "answer", "session_recorded"),
     ("  of which: the answer cached", "session_recorded", "cached"),
     ("  of which: the final state written", "cached", "recorded"),
     ("row final → final event in Redis", "recorded", "final_event"),
@@ -228,6 +228,10 @@ def _timestamps(setup: Setup, runs: list[dict[str, Any]]) -> list[dict[str, floa
                 if enqueued:
                     stamps["enqueued"] = _rq_time(enqueued.decode())
             stamps.update(timings.get(run["job_id"], {}))
+            # Taken from the result line while the CLI ran (queries.services.run), or after its exit.
+            answer = stamps.get("cli_answered", stamps.get("cli_exited"))
+            if answer is not None:
+                stamps["answer"] = answer
             if run["marker"] in upstream:
                 stamps["upstream"] = upstream[run["marker"]]
             found.append(stamps)

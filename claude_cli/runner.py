@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +53,9 @@ _CANCEL_POLL_INTERVAL = 0.5
 _LEFTOVER_GRACE = 1.0
 # Once the group is gone only a process that left the group (setsid) can still hold the pipes.
 _DRAIN_TIMEOUT = 1.0
+# A CLI whose answer was taken (on_answer) has this long to exit before it is stopped: it only saves
+# its session and stops its MCP servers.
+_ANSWERED_EXIT_TIMEOUT = 10.0
 _MESSAGE_LIMIT = 2000
 _EXCERPT_LIMIT = 200
 
@@ -66,6 +69,7 @@ def run_claude(
     warm: WarmProcess | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_upstream: Callable[[UpstreamFailure], bool] | None = None,
+    on_answer: Callable[[ClaudeOutcome], bool] | None = None,
 ) -> ClaudeOutcome:
     """Run the CLI once and report what happened.
 
@@ -75,6 +79,13 @@ def run_claude(
     ``on_upstream(failure)`` gets each failed upstream request the CLI reports: before retrying it,
     and the one a failed result names (claude_cli.upstream); when it returns True the run is
     stopped (``upstream_unavailable``).
+
+    ``on_answer(outcome)`` gets a successful outcome as soon as the CLI has printed a successful
+    result if it still runs then (it saves its session and stops its MCP servers before it exits):
+    exit code 0 presumed, stderr not read yet. When it returns True the answer is taken, and the run
+    goes on only to see the CLI exit: no more cancellation checks, and the CLI is stopped if it has
+    not exited within _ANSWERED_EXIT_TIMEOUT. The outcome returned is the run's own all the same (not
+    ok if the CLI then exited non-zero or had to be stopped).
 
     An upstream 401 or 403 stops the run at once (``upstream_auth``): the CLI retries a 401 without
     end, and no retry with the same credentials can succeed.
@@ -90,17 +101,16 @@ def run_claude(
     parser = StreamJsonParser(
         max_line_bytes=config.max_output_bytes, on_event=on_event, on_upstream=halt.seen
     )
+    hooks = _Hooks(on_start, should_cancel, on_answer)
     if warm is not None:
-        outcome = _run_warm(
-            invocation, config, warm, parser, halt, on_start=on_start, should_cancel=should_cancel
-        )
+        outcome = _run_warm(invocation, config, warm, parser, halt, hooks)
         if outcome is not None:
             return outcome
     with invocation_files(invocation) as (mcp_config_path, system_prompt_path):
         argv = build_cold_argv(
             invocation, config, mcp_config_path=mcp_config_path, system_prompt_path=system_prompt_path
         )
-        return _run(invocation, config, argv, parser, halt, on_start=on_start, should_cancel=should_cancel)
+        return _run(invocation, config, argv, parser, halt, hooks)
 
 
 def _run(
@@ -109,9 +119,7 @@ def _run(
     argv: list[str],
     parser: StreamJsonParser,
     halt: _Halt,
-    *,
-    on_start: Callable[[int], None] | None,
-    should_cancel: Callable[[], bool] | None,
+    hooks: _Hooks,
 ) -> ClaudeOutcome:
     started = time.monotonic()
     env = child_env(config)
@@ -131,7 +139,7 @@ def _run(
         )
     else:
         streams = Streams(proc.stdout, proc.stderr, parser)
-    return _follow(proc, streams, config, started, halt, on_start=on_start, should_cancel=should_cancel)
+    return _follow(proc, streams, config, started, halt, hooks)
 
 
 def _run_warm(
@@ -140,9 +148,7 @@ def _run_warm(
     warm: WarmProcess,
     parser: StreamJsonParser,
     halt: _Halt,
-    *,
-    on_start: Callable[[int], None] | None,
-    should_cancel: Callable[[], bool] | None,
+    hooks: _Hooks,
 ) -> ClaudeOutcome | None:
     """Hand the prompt to a warm CLI and follow it as a cold run is followed; None if it was gone."""
     started = time.monotonic()
@@ -156,7 +162,7 @@ def _run_warm(
         warm.proc.stdout, warm.proc.stderr, parser, stdin=warm.proc.stdin, data=warm_input(invocation)
     )
     try:
-        return _follow(proc, streams, config, started, halt, on_start=on_start, should_cancel=should_cancel)
+        return _follow(proc, streams, config, started, halt, hooks)
     finally:
         # The CLI is gone (or its group was killed): it no longer needs its MCP configuration.
         warm.remove_config()
@@ -170,18 +176,16 @@ def _follow(
     config: RunnerConfig,
     started: float,
     halt: _Halt,
-    *,
-    on_start: Callable[[int], None] | None,
-    should_cancel: Callable[[], bool] | None,
+    hooks: _Hooks,
 ) -> ClaudeOutcome:
     """Supervise a started CLI until it exits or must be stopped, then classify what it printed."""
     pgid = proc.pid  # start_new_session makes the CLI its group's leader
     try:
         # The prompt first (a warm CLI answers as soon as it has it), then the caller's bookkeeping.
         streams.send_input()
-        if on_start is not None:
-            on_start(proc.pid)
-        stop_reason = _supervise(proc, streams, config, should_cancel, started, halt)
+        if hooks.on_start is not None:
+            hooks.on_start(proc.pid)
+        stop_reason = _supervise(proc, streams, config, hooks, started, halt)
         exited_by_itself = proc.poll() is not None
         if stop_reason is not None:
             stop_group(proc, pgid, streams, grace=config.kill_grace)
@@ -225,6 +229,15 @@ def _follow(
     return ClaudeOutcome(False, error_type, message, data, returncode, stderr, duration, proc.pid, final)
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """run_claude's callbacks (see its docstring)."""
+
+    on_start: Callable[[int], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    on_answer: Callable[[ClaudeOutcome], bool] | None = None
+
+
 class _Halt:
     """Why a run must stop for its upstream: an authentication failure, or ``on_upstream`` said so."""
 
@@ -243,20 +256,21 @@ class _Halt:
             self.failure, self.reason = failure, "upstream_unavailable"
 
 
-_StopReason = Literal["timeout", "cancelled", "overflow", "upstream_auth", "upstream_unavailable"]
+_StopReason = Literal["timeout", "cancelled", "overflow", "upstream_auth", "upstream_unavailable", "lingered"]
 
 
 def _supervise(
     proc: Process,
     streams: Streams,
     config: RunnerConfig,
-    should_cancel: Callable[[], bool] | None,
+    hooks: _Hooks,
     started: float,
     halt: _Halt,
 ) -> _StopReason | None:
     """Read output until the CLI exits (None) or must be stopped (the reason)."""
     deadline = started + config.timeout
     next_cancel_check = time.monotonic() + _CANCEL_POLL_INTERVAL
+    should_cancel, answered = hooks.should_cancel, False
     while True:
         wait_step(proc, streams, min(WAIT_STEP, deadline - time.monotonic()))
         # Overflow wins over a clean exit: the kept output is truncated and cannot be trusted.
@@ -264,15 +278,36 @@ def _supervise(
             return "overflow"
         if proc.poll() is not None:
             return None
+        # Still running with its result printed: the answer need not wait for the exit.
+        if not answered and hooks.on_answer is not None and _answer_offered(proc, streams, started, hooks):
+            answered, should_cancel = True, None
+            deadline = min(deadline, time.monotonic() + _ANSWERED_EXIT_TIMEOUT)
         if halt.reason is not None:
             return halt.reason
         now = time.monotonic()
         if now >= deadline:
-            return "timeout"
+            return "lingered" if answered else "timeout"
         if should_cancel is not None and now >= next_cancel_check:
             next_cancel_check = now + _CANCEL_POLL_INTERVAL
             if should_cancel():
                 return "cancelled"
+
+
+def _answer_offered(proc: Process, streams: Streams, started: float, hooks: _Hooks) -> bool:
+    """Offer a successful result the CLI printed to ``on_answer`` (once: the result line comes once);
+    whether it took it."""
+    parser = streams.sink
+    assert isinstance(parser, StreamJsonParser) and hooks.on_answer is not None
+    data = parser.result
+    if data is None or parser.offered:
+        return False
+    parser.offered = True
+    if upstream_failures.from_result(data, parser.limit_reset) is not None:
+        return False
+    if _classify(data, 0, bytes(parser.head), "") is not None:
+        return False
+    outcome = ClaudeOutcome(True, None, "", data, 0, "", time.monotonic() - started, proc.pid)
+    return hooks.on_answer(outcome)
 
 
 def _failure(error_type: CliErrorType, message: str, *, started: float) -> ClaudeOutcome:
@@ -288,6 +323,9 @@ def _stop_message(
         return error_type, f"Upstream: {what}; the Claude CLI was stopped instead of retrying"
     if reason == "timeout":
         return "cli_timeout", f"Claude CLI did not finish within {config.timeout:g} seconds and was stopped"
+    if reason == "lingered":
+        grace = _ANSWERED_EXIT_TIMEOUT
+        return "cli_timeout", f"Claude CLI did not exit within {grace:g} s of its answer and was stopped"
     if reason == "cancelled":
         return "cancelled", f"cancelled after {duration:.1f} seconds; the Claude CLI was stopped"
     limit = config.max_output_bytes

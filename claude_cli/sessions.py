@@ -12,6 +12,7 @@ Session ids are UUIDs: anything else is refused before it becomes part of a path
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import uuid
@@ -22,6 +23,11 @@ from pathlib import Path
 # The CLI's own limit on a project directory's name (2.1.197).
 _PROJECT_NAME_MAX = 200
 _NOT_ALNUM = re.compile(r"[^a-zA-Z0-9]")
+# The entry the CLI writes last in a session's file once a turn is over (2.1.197), after its result
+# line and before it exits: ``{"type":"last-prompt", ..., "leafUuid": <the entry the turn ended on>}``.
+_CLOSING_TYPE = "last-prompt"
+_CLOSING_LINE_MAX = 16 * 1024
+_LEAF_SEARCH_BYTES = 1024 * 1024
 
 
 class SessionIdInvalid(ValueError):
@@ -104,6 +110,42 @@ def session_read(
         return None, 0
 
 
+def _existing_file(
+    *, session_id: str, workdir: str | os.PathLike[str], env: Mapping[str, str]
+) -> Path | None:
+    """session_find, with None for an id that is not a session id."""
+    try:
+        return session_find(session_id=session_id, workdir=workdir, env=env)
+    except SessionIdInvalid:
+        return None
+
+
+def session_settled(*, session_id: str, workdir: str | os.PathLike[str], env: Mapping[str, str]) -> bool:
+    """Whether the session's file holds the whole turn: it ends with the CLI's closing entry
+    (``last-prompt``) and the entry that names as the turn's last is in the file before it."""
+    path = _existing_file(session_id=session_id, workdir=workdir, env=env)
+    if path is None:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - _CLOSING_LINE_MAX))
+            tail = handle.read()
+            if not tail.endswith(b"\n"):
+                return False
+            start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+            closing = json.loads(tail[start:])
+            leaf = closing.get("leafUuid") if isinstance(closing, dict) else None
+            if closing.get("type") != _CLOSING_TYPE or not isinstance(leaf, str) or not leaf:
+                return False
+            before = size - (len(tail) - start)
+            handle.seek(max(0, before - _LEAF_SEARCH_BYTES))
+            earlier = handle.read(before - handle.tell())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return f'"uuid":"{leaf}"'.encode() in earlier
+
+
 def session_write(
     *, session_id: str, workdir: str | os.PathLike[str], env: Mapping[str, str], content: bytes
 ) -> Path:
@@ -128,10 +170,7 @@ def session_write(
 
 def session_remove(*, session_id: str, workdir: str | os.PathLike[str], env: Mapping[str, str]) -> bool:
     """Remove a session's file (and the directory the CLI keeps beside it); True if there was one."""
-    try:
-        path = session_find(session_id=session_id, workdir=workdir, env=env)
-    except SessionIdInvalid:
-        return False
+    path = _existing_file(session_id=session_id, workdir=workdir, env=env)
     if path is None:
         return False
     with suppress(FileNotFoundError):

@@ -14,12 +14,14 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import django_rq
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -35,7 +37,7 @@ from queries.services import breaker, sessions
 from queries.services.cache import cache_get, cache_put
 from queries.services.dedup import dedup_release
 from queries.services.events import events_append, events_final_append
-from routing.services import McpUnavailable, route_for_job
+from routing.services import McpUnavailable, Route, route_for_job
 
 logger = logging.getLogger(__name__)
 
@@ -164,12 +166,17 @@ def _job_execute(*, job: Job) -> Job:
 
     config = pool.runner_config()
     plan = sessions.session_plan(job=job, invocation=invocation, config=config)
-    outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start, on_event=on_event)
+    answer = _Answer(job=job, route=route, config=config, plan=plan)
+    hooks = _RunHooks(job=job, on_start=on_start, on_event=on_event, on_answer=answer)
+    outcome = _run_planned(plan=plan, config=config, hooks=hooks)
     if plan.resumes and sessions.resume_refused(outcome):
         reason = f"the CLI did not resume session {plan.invocation.resume}: {outcome.error_message}"
-        plan = sessions.session_fallback(job=job, invocation=invocation, reason=reason)
-        outcome = _run_planned(job=job, plan=plan, config=config, on_start=on_start, on_event=on_event)
+        plan = answer.plan = sessions.session_fallback(job=job, invocation=invocation, reason=reason)
+        outcome = _run_planned(plan=plan, config=config, hooks=hooks)
     _mark("cli_exited")
+    if answer.taken is not None:
+        _answered_run_exited(job=job, plan=plan, config=config, answered=answer.taken, outcome=outcome)
+        return job
     # The run took seconds: if PostgreSQL dropped the connection meanwhile, record on a fresh one.
     connections_drop_broken()
     _record_cli_output(job=job, outcome=outcome)
@@ -186,7 +193,14 @@ def _job_execute(*, job: Job) -> Job:
             message=outcome.error_message,
             extra_fields=_OUTPUT_FIELDS,
         )
+    _job_complete(job=job, route=route, plan=plan, config=config, outcome=outcome)
+    return _job_announce(job=job)
 
+
+def _job_complete(
+    *, job: Job, route: Route, plan: sessions.SessionPlan, config: RunnerConfig, outcome: ClaudeOutcome
+) -> None:
+    """Record a successful run's answer: its session, the cache entry, and the job's final state."""
     # The answer's writes commit once: each commit waits for the WAL to reach the disk (about 1 ms
     # on an idle machine, 10 ms on a busy one), and the client is waiting for the last of them. The
     # job's row is written once, with its final state: no one sees the row between these writes.
@@ -200,29 +214,95 @@ def _job_execute(*, job: Job) -> Job:
             cache_put(job=job, ttl=route.cache_ttl)
         _mark("cached")
         _job_final_state(job=job, state=Job.State.COMPLETED, extra_fields=_OUTPUT_FIELDS)
-    return _job_announce(job=job)
 
 
-def _run_planned(
+class _Answer:
+    """The answer taken from the CLI's result line, before the CLI exits (runner.run_claude's
+    ``on_answer``): the client waits neither for the CLI to stop its MCP servers nor for its exit.
+
+    It is taken once the session file holds the whole turn (sessions.session_settled), so the
+    session kept is the one a continuation needs; else, or when recording fails, the answer is
+    recorded after the exit as before. ``taken`` is the outcome it recorded.
+    """
+
+    def __init__(self, *, job: Job, route: Route, config: RunnerConfig, plan: sessions.SessionPlan) -> None:
+        self.job, self.route, self.config, self.plan = job, route, config, plan
+        self.taken: ClaudeOutcome | None = None
+
+    def __call__(self, outcome: ClaudeOutcome) -> bool:
+        job, plan, config = self.job, self.plan, self.config
+        if not sessions.session_settled(
+            invocation=plan.invocation,
+            config=config,
+            outcome=outcome,
+            timeout=sessions.SESSION_SETTLE_TIMEOUT,
+        ):
+            logger.info(
+                "job %s: the CLI's session file is not complete yet; the answer waits for its exit", job.id
+            )
+            return False
+        _mark("cli_answered")
+        try:
+            connections_drop_broken()
+            _record_cli_output(job=job, outcome=outcome)
+            _job_complete(job=job, route=self.route, plan=plan, config=config, outcome=outcome)
+        except (DatabaseError, RedisError):
+            # Nothing is final (the transaction did not commit): recorded after the exit instead.
+            logger.warning("job %s: could not record the answer before the CLI exited", job.id, exc_info=True)
+            job.state = Job.State.RUNNING
+            return False
+        self.taken = outcome
+        breaker.breaker_success()
+        _job_announce(job=job)
+        return True
+
+
+def _answered_run_exited(
     *,
     job: Job,
     plan: sessions.SessionPlan,
     config: RunnerConfig,
-    on_start: Callable[[int], None],
-    on_event: Callable[[dict[str, Any]], None],
-) -> ClaudeOutcome:
+    answered: ClaudeOutcome,
+    outcome: ClaudeOutcome,
+) -> None:
+    """The CLI whose answer was taken has exited (or was stopped): what is left of its run. The row
+    holds exit code 0 since the answer; another exit status is written now, and logged."""
+    metrics.cli_run_observed(job=job, outcome=answered)  # its duration: up to the answer
+    sessions.session_leftovers_remove(invocation=plan.invocation, config=config, outcome=answered)
+    if outcome.ok:
+        return
+    logger.warning("job %s: the Claude CLI ended badly after its answer: %s", job.id, outcome.error_message)
+    if outcome.exit_code is not None and outcome.exit_code != job.exit_code:
+        job.exit_code, job.stderr_tail = outcome.exit_code, outcome.stderr[-8192:]
+        with suppress(DatabaseError):
+            Job.objects.filter(id=job.id).update(exit_code=job.exit_code, stderr_tail=job.stderr_tail)
+
+
+@dataclass(frozen=True)
+class _RunHooks:
+    """What a job's CLI run reports to (runner.run_claude's callbacks)."""
+
+    job: Job
+    on_start: Callable[[int], None]
+    on_event: Callable[[dict[str, Any]], None]
+    on_answer: Callable[[ClaudeOutcome], bool]
+
+
+def _run_planned(*, plan: sessions.SessionPlan, config: RunnerConfig, hooks: _RunHooks) -> ClaudeOutcome:
     """Run the CLI as planned: a resumed turn cold, with its parent's session file in place."""
+    job = hooks.job
     try:
         with sessions.session_files(plan=plan, config=config):
             return runner.run_claude(
                 plan.invocation,
                 config,
-                on_start=on_start,
+                on_start=hooks.on_start,
                 should_cancel=lambda: job_cancel_requested(job_id=job.id),
                 # A CLI started ahead of time cannot have been started with --resume.
                 warm=None if plan.resumes else pool.pool_claim(invocation=plan.invocation, config=config),
-                on_event=on_event,
+                on_event=hooks.on_event,
                 on_upstream=breaker.breaker_failure,
+                on_answer=hooks.on_answer,
             )
     except OSError as exc:
         reason = f"the session file could not be restored: {exc}"
@@ -230,9 +310,9 @@ def _run_planned(
         return runner.run_claude(
             fallback.invocation,
             config,
-            on_start=on_start,
+            on_start=hooks.on_start,
             should_cancel=lambda: job_cancel_requested(job_id=job.id),
-            on_event=on_event,
+            on_event=hooks.on_event,
             on_upstream=breaker.breaker_failure,
         )
 

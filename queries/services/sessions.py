@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from django.utils import timezone
 
 from claude_cli import sessions as cli_sessions
 from claude_cli.invocation import ClaudeInvocation, ClaudeOutcome, RunnerConfig
-from claude_cli.process import child_env
+from claude_cli.process import child_env, process_alive
 from core.errors import InvalidRequest, NotFound
 from queries import lineage, quotas
 from queries.models import ApiKey, Job, QueryRequest, Session, SessionMode
@@ -40,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 # How many earlier turns a flat transcript of a native conversation reaches back.
 TRANSCRIPT_MAX_TURNS = 200
+# How long an answer taken before the CLI exits waits for the CLI to finish the session file (a few
+# milliseconds after its result line), before the answer waits for the CLI's exit instead.
+SESSION_SETTLE_TIMEOUT = 0.5
+_SETTLE_POLL = 0.002
 
 
 def _visible(api_key: ApiKey | None) -> Q:
@@ -235,6 +240,42 @@ def transcript_prompt(*, job: Job) -> str:
     return "\n\n".join([*lines, "Now answer this, the next user message:", job.query])
 
 
+def _run_session_id(invocation: ClaudeInvocation, outcome: ClaudeOutcome) -> str:
+    return str((outcome.data or {}).get("session_id") or invocation.session_id or "")
+
+
+def session_settled(
+    *, invocation: ClaudeInvocation, config: RunnerConfig, outcome: ClaudeOutcome, timeout: float
+) -> bool:
+    """Whether the run's session file holds the whole turn, waiting up to ``timeout`` for the CLI to
+    finish it: an answer recorded before the CLI exits keeps the session from the file as it is
+    then (session_record), and may be continued at once. True at once when sessions are off; False
+    once the CLI has exited (the answer is then recorded as any other)."""
+    if not config.sessions:
+        return True
+    session_id = _run_session_id(invocation, outcome)
+    workdir, env = _workdir(invocation, config), child_env(config)
+    deadline = time.monotonic() + timeout
+    while not cli_sessions.session_settled(session_id=session_id, workdir=workdir, env=env):
+        if time.monotonic() >= deadline or outcome.pid is None or not process_alive(outcome.pid):
+            return False
+        time.sleep(_SETTLE_POLL)
+    return True
+
+
+def session_leftovers_remove(
+    *, invocation: ClaudeInvocation, config: RunnerConfig, outcome: ClaudeOutcome
+) -> None:
+    """Remove the session file again once the CLI has exited: a CLI whose answer was recorded
+    before it exited may have written to it after session_record took it."""
+    if config.sessions:
+        cli_sessions.session_remove(
+            session_id=_run_session_id(invocation, outcome),
+            workdir=_workdir(invocation, config),
+            env=child_env(config),
+        )
+
+
 def session_record(
     *, job: Job, invocation: ClaudeInvocation, config: RunnerConfig, outcome: ClaudeOutcome
 ) -> Session | None:
@@ -242,7 +283,7 @@ def session_record(
     the outcome (a failed run's session is never continued)."""
     if not config.sessions:
         return None
-    session_id = str((outcome.data or {}).get("session_id") or invocation.session_id or "")
+    session_id = _run_session_id(invocation, outcome)
     workdir, env = _workdir(invocation, config), child_env(config)
     try:
         content, size = (
