@@ -270,7 +270,9 @@ def _supervise(
     """Read output until the CLI exits (None) or must be stopped (the reason)."""
     deadline = started + config.timeout
     next_cancel_check = time.monotonic() + _CANCEL_POLL_INTERVAL
-    should_cancel, answered = hooks.should_cancel, False
+    should_cancel, offered, answered = hooks.should_cancel, False, False
+    parser = streams.sink
+    assert isinstance(parser, StreamJsonParser)
     while True:
         wait_step(proc, streams, min(WAIT_STEP, deadline - time.monotonic()))
         # Overflow wins over a clean exit: the kept output is truncated and cannot be trusted.
@@ -278,10 +280,12 @@ def _supervise(
             return "overflow"
         if proc.poll() is not None:
             return None
-        # Still running with its result printed: the answer need not wait for the exit.
-        if not answered and hooks.on_answer is not None and _answer_offered(proc, streams, started, hooks):
-            answered, should_cancel = True, None
-            deadline = min(deadline, time.monotonic() + _ANSWERED_EXIT_TIMEOUT)
+        # Still running with its result printed (once): the answer need not wait for the exit.
+        if not offered and parser.result is not None and hooks.on_answer is not None:
+            offered = True
+            if _answer_taken(proc, parser, started, hooks.on_answer):
+                answered, should_cancel = True, None
+                deadline = min(deadline, time.monotonic() + _ANSWERED_EXIT_TIMEOUT)
         if halt.reason is not None:
             return halt.reason
         now = time.monotonic()
@@ -293,21 +297,16 @@ def _supervise(
                 return "cancelled"
 
 
-def _answer_offered(proc: Process, streams: Streams, started: float, hooks: _Hooks) -> bool:
-    """Offer a successful result the CLI printed to ``on_answer`` (once: the result line comes once);
-    whether it took it."""
-    parser = streams.sink
-    assert isinstance(parser, StreamJsonParser) and hooks.on_answer is not None
+def _answer_taken(
+    proc: Process, parser: StreamJsonParser, started: float, on_answer: Callable[[ClaudeOutcome], bool]
+) -> bool:
+    """Offer the result the CLI printed to ``on_answer`` if it is a success; whether it was taken."""
     data = parser.result
-    if data is None or parser.offered:
-        return False
-    parser.offered = True
-    if upstream_failures.from_result(data, parser.limit_reset) is not None:
+    if data is None or upstream_failures.from_result(data, parser.limit_reset) is not None:
         return False
     if _classify(data, 0, bytes(parser.head), "") is not None:
         return False
-    outcome = ClaudeOutcome(True, None, "", data, 0, "", time.monotonic() - started, proc.pid)
-    return hooks.on_answer(outcome)
+    return on_answer(ClaudeOutcome(True, None, "", data, 0, "", time.monotonic() - started, proc.pid))
 
 
 def _failure(error_type: CliErrorType, message: str, *, started: float) -> ClaudeOutcome:

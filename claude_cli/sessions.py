@@ -135,13 +135,15 @@ def session_settled(*, session_id: str, workdir: str | os.PathLike[str], env: Ma
                 return False
             start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
             closing = json.loads(tail[start:])
-            leaf = closing.get("leafUuid") if isinstance(closing, dict) else None
-            if closing.get("type") != _CLOSING_TYPE or not isinstance(leaf, str) or not leaf:
+            if not isinstance(closing, dict) or closing.get("type") != _CLOSING_TYPE:
+                return False
+            leaf = closing.get("leafUuid")
+            if not isinstance(leaf, str) or not leaf:
                 return False
             before = size - (len(tail) - start)
             handle.seek(max(0, before - _LEAF_SEARCH_BYTES))
             earlier = handle.read(before - handle.tell())
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return False
     return f'"uuid":"{leaf}"'.encode() in earlier
 

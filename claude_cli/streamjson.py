@@ -52,7 +52,6 @@ class StreamJsonParser:
         self._running: dict[str, str] = {}  # tool_use id → name, until its result
         self.head = bytearray()
         self.result: dict[str, Any] | None = None
-        self.offered = False  # the result was offered as the answer (claude_cli.runner)
         self.last_object: Any = None
         self.overflowed = False
         self.size = 0

@@ -9,12 +9,14 @@ resumes it. End to end, the real CLI runs under a wrapper that stays two seconds
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
 from claude_cli import runner
+from claude_cli import sessions as cli_sessions
 from claude_cli.invocation import ClaudeInvocation, ClaudeOutcome
 from claude_cli.process import process_alive
 from claude_cli.runner import run_claude
@@ -99,6 +101,41 @@ def test_a_failed_run_offers_no_answer(tmp_path, mode):
         on_answer=lambda o: offered.append(o) or True,
     )
     assert not outcome.ok and offered == []
+
+
+# The session file: complete once the CLI's closing entry names the turn's last one
+
+SESSION_ID = "3f2b6c1e-0c4a-4d7e-9a51-2b8f0c6d9e10"
+USER_LINE = '{"type":"user","uuid":"u-1","message":{"role":"user","content":"hi"}}\n'
+ASSISTANT_LINE = '{"type":"assistant","parentUuid":"u-1","uuid":"a-2","message":{"id":"msg_1"}}\n'
+CLOSING = {"type": "last-prompt", "lastPrompt": "hi", "leafUuid": "a-2", "sessionId": SESSION_ID}
+CLOSING_LINE = json.dumps(CLOSING, separators=(",", ":")) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "settled"),
+    [
+        (USER_LINE + ASSISTANT_LINE + CLOSING_LINE, True),
+        (USER_LINE + ASSISTANT_LINE, False),  # the turn written, not closed yet
+        (USER_LINE + ASSISTANT_LINE + CLOSING_LINE[:-20], False),  # the closing line half written
+        (USER_LINE + CLOSING_LINE, False),  # it names an entry the file does not hold (yet)
+        (USER_LINE + ASSISTANT_LINE + CLOSING_LINE + '{"type":"summary"}\n', False),  # more came after
+        ("", False),
+    ],
+)
+def test_a_session_file_is_settled_only_once_it_ends_with_the_closing_entry(tmp_path, content, settled):
+    env = {"HOME": str(tmp_path / "home")}
+    path = cli_sessions.session_path(session_id=SESSION_ID, workdir=tmp_path, env=env)
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+
+    assert cli_sessions.session_settled(session_id=SESSION_ID, workdir=tmp_path, env=env) is settled
+
+
+def test_no_file_or_no_session_id_is_not_settled(tmp_path):
+    env = {"HOME": str(tmp_path / "home")}
+    assert not cli_sessions.session_settled(session_id=SESSION_ID, workdir=tmp_path, env=env)
+    assert not cli_sessions.session_settled(session_id="../../etc/passwd", workdir=tmp_path, env=env)
 
 
 # End to end: the real CLI, the worker, the API
