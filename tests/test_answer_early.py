@@ -103,6 +103,29 @@ def test_a_failed_run_offers_no_answer(tmp_path, mode):
     assert not outcome.ok and offered == []
 
 
+# The job: an answer recorded stays the job's outcome
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("redis_db")
+def test_a_job_answered_before_rqs_timeout_stays_completed_when_the_timeout_fires(fake_claude, settings):
+    from queries import services
+    from tests.support.pipeline import run_queued_jobs
+
+    settings.SESSIONS_ENABLED = False  # the fake CLI writes no session file
+    settings.RQ_JOB_TIMEOUT = 2  # fires while the CLI, answered, takes 30 s to exit
+    fake_claude("linger", FAKE_CLAUDE_LINGER="30")
+    submission = services.query_submit(api_key=None, query="What is 2+2?")
+    started = time.monotonic()
+
+    assert run_queued_jobs() == 1
+
+    assert time.monotonic() - started < 15
+    job = Job.objects.get(id=submission.job_id)
+    assert job.state == Job.State.COMPLETED and job.response == "What is 2+2?" and job.error_type == ""
+    assert not process_alive(job.cli_pid)
+
+
 # The session file: complete once the CLI's closing entry names the turn's last one
 
 SESSION_ID = "3f2b6c1e-0c4a-4d7e-9a51-2b8f0c6d9e10"

@@ -168,14 +168,22 @@ def _job_execute(*, job: Job) -> Job:
     plan = sessions.session_plan(job=job, invocation=invocation, config=config)
     answer = _Answer(job=job, route=route, config=config, plan=plan)
     hooks = _RunHooks(job=job, on_start=on_start, on_event=on_event, on_answer=answer)
-    outcome = _run_planned(plan=plan, config=config, hooks=hooks)
-    if plan.resumes and sessions.resume_refused(outcome):
-        reason = f"the CLI did not resume session {plan.invocation.resume}: {outcome.error_message}"
-        plan = answer.plan = sessions.session_fallback(job=job, invocation=invocation, reason=reason)
+    try:
         outcome = _run_planned(plan=plan, config=config, hooks=hooks)
-    _mark("cli_exited")
-    if answer.taken is not None:
-        _answered_run_exited(job=job, plan=plan, config=config, answered=answer.taken, outcome=outcome)
+        if plan.resumes and sessions.resume_refused(outcome):
+            reason = f"the CLI did not resume session {plan.invocation.resume}: {outcome.error_message}"
+            plan = answer.plan = sessions.session_fallback(job=job, invocation=invocation, reason=reason)
+            outcome = _run_planned(plan=plan, config=config, hooks=hooks)
+        _mark("cli_exited")
+        if answer.taken is not None:
+            _answered_run_exited(job=job, plan=plan, config=config, answered=answer.taken, outcome=outcome)
+            return job
+    except Exception:
+        if answer.taken is None:
+            raise
+        # The answer is recorded and given: what fails after it (rq's job timeout while the CLI
+        # exits, say; the runner has killed the CLI) must not turn the job into a failure.
+        logger.exception("job %s: its run failed after its answer was recorded", job.id)
         return job
     # The run took seconds: if PostgreSQL dropped the connection meanwhile, record on a fresh one.
     connections_drop_broken()
