@@ -508,6 +508,8 @@ def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
     host = job.worker_name.rpartition(":")[0]
     if job.cli_pid and host == socket.gethostname():
         kill_orphaned_group(job.cli_pid)
+    # Before the final state, as in _job_final_state: whoever sees the job failed sees no mark.
+    dedup_release(query_hash=job.hash, job_id=job.id)
     settled = Job.objects.filter(id=job.id, state=Job.State.RUNNING).update(
         state=Job.State.FAILED,
         error_type=Job.ErrorType.WORKER_LOST,
@@ -515,7 +517,6 @@ def job_worker_lost(*, job_id: uuid.UUID | str, reason: str) -> bool:
         progress=100,
         finished_at=timezone.now(),
     )
-    dedup_release(query_hash=job.hash, job_id=job.id)
     if settled:
         logger.warning("job %s: %s", job.id, reason)
         job.refresh_from_db()
