@@ -2,8 +2,8 @@
 
 Beside rq's own loop they ride out Redis outages and stop in time (queries/outage.py), heartbeat
 every WORKER_HEARTBEAT_INTERVAL idle or busy (a worker unheard of for WORKER_STALE_AFTER is dead to
-/ready and the dashboard, queries.services.workers), and sweep: webhooks, the journal, orphaned jobs,
-and the reconciliation of the jobs with Redis.
+/ready and the dashboard, queries.services.workers), record the journal of cache hits in a thread of
+their own, and sweep: webhooks, orphaned jobs, and the reconciliation of the jobs with Redis.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
     Every WEBHOOK_SWEEP_INTERVAL it sends ``queries.signals.worker_maintenance`` (the webhooks app
     re-queues deliveries whose rq jobs were lost), fails the jobs of workers that died on this host,
     and reconciles the jobs with Redis (one worker at a time: queries.services.jobs_reconcile).
-    Every WORKER_HEARTBEAT_INTERVAL, idle or running a job, it writes journaled cache hits to the
-    database (queries/services/journal.py).
+    A thread of its own writes journaled cache hits to the database every WORKER_HEARTBEAT_INTERVAL,
+    idle or running a job (queries/services/journal.py).
     """
 
     @property
@@ -61,7 +61,6 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
             super().should_run_maintenance_tasks
             or time.monotonic() >= getattr(self, "_next_sweep", 0.0)
             or self.recovery_due()
-            or time.monotonic() >= getattr(self, "_next_journal", 0.0)
         )
 
     def run_maintenance_tasks(self) -> None:
@@ -72,7 +71,6 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()
         self.recovery_run()
-        self._journal_record()
         if time.monotonic() < getattr(self, "_next_sweep", 0.0):
             return
         self._next_sweep = time.monotonic() + settings.WEBHOOK_SWEEP_INTERVAL
@@ -91,6 +89,11 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
         # The work horse's parent heartbeats between its checks on the horse.
         self.job_monitoring_interval = settings.WORKER_HEARTBEAT_INTERVAL
         self._fail_orphaned_jobs()
+        journal.recorder_start(worker=True)
+
+    def teardown(self) -> None:
+        journal.recorder_stop()
+        super().teardown()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # While the upstream breaker is open, take no job: queued jobs wait in their queues instead of
@@ -161,24 +164,6 @@ class GatewayWorker(RedisOutageMixin, CliPoolWorkerMixin, SafeStopMixin, Worker)
             super().maintain_heartbeats(job, execution)
         except self.redis_down_errors as exc:
             self.outage_noticed(exc)
-        # Every WORKER_HEARTBEAT_INTERVAL while the horse runs, as between jobs.
-        self._journal_record()
-
-    def _journal_record(self) -> None:
-        """Write journaled cache hits to the database, at most every WORKER_HEARTBEAT_INTERVAL.
-
-        The workers are the journal's recorders: web processes record only while no worker is
-        alive (queries/services/journal.py), so a hit costs the web no database work at all.
-        """
-        if time.monotonic() < getattr(self, "_next_journal", 0.0):
-            return
-        self._next_journal = time.monotonic() + settings.WORKER_HEARTBEAT_INTERVAL
-        try:
-            journal.journal_drain()
-        except Exception:
-            logger.exception("could not write journaled requests; the next heartbeat retries")
-        finally:
-            connections.close_all()
 
     def handle_work_horse_killed(self, job: RqJob, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)

@@ -57,6 +57,27 @@ def test_query_is_answered_by_the_real_cli_then_served_from_cache(http, worker_p
     assert QueryRequest.objects.get(id=cached["requestId"]).job_id == uuid.UUID(job_id)
 
 
+def test_a_worker_records_cache_hits_while_it_runs_a_job(http, worker_process, mock):
+    # One in-process worker, busy with a long job: its recorder thread writes the hits meanwhile.
+    worker_process(pool=1, env={"WORKER_HEARTBEAT_INTERVAL": "1"})
+    first = submit(http, {"query": "What is 2+2?"}).json()["jobId"]
+    assert wait_finished(http, first)["state"] == "completed"
+    busy = submit(http, {"query": "[[mock:sleep=60]] take your time"}).json()["jobId"]
+    wait_for(lambda: Job.objects.filter(id=busy, state=Job.State.RUNNING).exists(), message="the long job")
+    hits = [submit(http, {"query": "What is 2+2?"}).json() for _ in range(3)]
+    assert all(hit["cached"] for hit in hits)
+    ids = [hit["requestId"] for hit in hits]
+    wait_for(
+        lambda: QueryRequest.objects.filter(id__in=ids).count() == 3,
+        timeout=3,
+        interval=0.05,
+        message="the hits' rows",
+    )
+    assert Job.objects.get(id=busy).state == Job.State.RUNNING
+    assert redis_client().xlen("journal:requests") == 0
+    services.job_cancel(job_id=busy)
+
+
 def test_fifty_concurrent_identical_queries_make_one_job_and_one_cli_run(http, worker_process, mock):
     worker_process()
     barrier = threading.Barrier(50)

@@ -5,11 +5,12 @@ more than everything else a hit does (an INSERT and its commit on every request)
 ``CACHE_HIT_JOURNAL`` on (the default), one Lua script reads the cache entry and, only if there is
 one, appends the request's record to the Redis stream ``journal:requests`` and counts the hit: the
 answer, its record and its count are one atomic step. Recorders drain the stream into PostgreSQL in
-batches (``journal_flush``): every queue worker, at least every WORKER_HEARTBEAT_INTERVAL idle or
-busy (queries/worker.py), so that the web spends no CPU on it; a thread in every web process that
-records only while no worker is alive (a web running without workers); and ``manage.py reconcile``.
-A row appears within about WORKER_HEARTBEAT_INTERVAL of its reply (JOURNAL_FLUSH_INTERVAL when the
-web records it).
+batches (``journal_flush``): a thread in every queue worker (queries/worker.py), every
+WORKER_HEARTBEAT_INTERVAL, so that the web spends no CPU on it; a thread in every web process that
+records only while no worker is alive (a web running without workers), about every
+JOURNAL_FLUSH_INTERVAL; and ``manage.py reconcile``. A row appears within about that long of its
+reply. The recorders' threads run at a lower CPU priority (RECORDER_NICE) than the requests', and
+in a thread of their own the workers' drains hold up no job.
 
 What it costs: for that moment the record lives only in Redis. A Redis that loses its data (a restart
 without persistence) loses the records not yet written, at most a second's worth of cache hits, and
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -58,6 +60,8 @@ GROUP = "recorders"
 BATCH = 500
 # An entry a recorder read but did not acknowledge for this long is taken over by another recorder.
 JOURNAL_CLAIM_IDLE_MS = 30_000
+# The recorder thread's nice value.
+RECORDER_NICE = 10
 # Consumers of dead processes are removed from the group once idle this long with nothing pending.
 CONSUMER_FORGET_IDLE_MS = 3_600_000
 
@@ -329,59 +333,91 @@ def _consumers_forget(redis: Redis) -> None:
 
 
 class _Recorder(threading.Thread):
-    """Drains the journal in this process while no queue worker is alive to do it.
+    """Drains the journal in this process, at a lower CPU priority than the requests' threads.
 
-    A batch, then JOURNAL_FLUSH_INTERVAL for the next to grow. While any worker is alive
-    (services.workers) it records nothing and looks again every WORKER_HEARTBEAT_INTERVAL: a web
-    without workers (or whose workers all died) still gets its hits written, after at most
-    WORKER_STALE_AFTER, and what a dead worker had read is claimed after JOURNAL_CLAIM_IDLE_MS.
+    A queue worker's recorder (``worker``) drains it every WORKER_HEARTBEAT_INTERVAL: fewer, larger
+    inserts cost the database less than a batch every JOURNAL_FLUSH_INTERVAL from every worker. A web
+    process's records only while no worker is alive (services.workers): a batch, then
+    JOURNAL_FLUSH_INTERVAL for the next to grow; otherwise it looks again every
+    WORKER_HEARTBEAT_INTERVAL. So a web without workers (or whose workers all died) still gets its
+    hits written, after at most WORKER_STALE_AFTER, and what a dead worker had read is claimed after
+    JOURNAL_CLAIM_IDLE_MS. A failure (Redis or the database away) is logged once, and its end too; it
+    retries every second.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker: bool) -> None:
         super().__init__(name="journal-recorder", daemon=True)
         self.pid = os.getpid()
+        self.worker = worker
         self.stopping = threading.Event()
+        self.failing = False
 
     def run(self) -> None:
+        _thread_deprioritise()
         consumer = _consumer_name()
         interval = settings.JOURNAL_FLUSH_INTERVAL
         recheck = float(settings.WORKER_HEARTBEAT_INTERVAL)
         next_cleanup = time.monotonic()
         while not self.stopping.is_set():
             try:
-                if not web_records():
+                if self.worker:
+                    close_old_connections()
+                    handled = journal_drain(consumer=consumer)
+                elif web_records():
+                    close_old_connections()
+                    # Blocks up to `interval` when the journal is empty.
+                    handled = journal_flush(consumer=consumer, block_ms=max(1, int(interval * 1000)))
+                else:
                     self.stopping.wait(recheck)
                     continue
-                close_old_connections()
-                # Blocks up to `interval` when the journal is empty.
-                handled = journal_flush(consumer=consumer, block_ms=max(1, int(interval * 1000)))
                 if time.monotonic() >= next_cleanup:
                     next_cleanup = time.monotonic() + 600
                     _consumers_forget(redis_client())
-            except (RedisError, DatabaseError):
-                logger.warning("could not write journaled requests; retrying", exc_info=True)
-                connection.close()
-                self.stopping.wait(1.0)
+            except Exception as exc:
+                self._failed(exc)
                 continue
-            except Exception:
-                logger.exception("the journal recorder failed; retrying")
-                self.stopping.wait(1.0)
-                continue
-            if 0 < handled < BATCH:
+            if self.failing:
+                self.failing = False
+                logger.info("journaled requests are written again")
+            if self.worker:
+                # One drain every so often: fewer, larger inserts cost the database less in all.
+                self.stopping.wait(recheck)
+            elif 0 < handled < BATCH:
                 # Let the next batch grow: one insert per interval, not one per request.
                 self.stopping.wait(interval)
         connection.close()
+
+    def _failed(self, exc: Exception) -> None:
+        if not self.failing:
+            self.failing = True
+            if isinstance(exc, RedisError | DatabaseError):
+                logger.warning("could not write journaled requests; retrying every second", exc_info=True)
+            else:
+                logger.exception("the journal recorder failed; retrying every second")
+        if isinstance(exc, DatabaseError):
+            connection.close()
+        self.stopping.wait(1.0)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
         self.join(timeout)
 
 
+def _thread_deprioritise() -> None:
+    """Lower this thread's CPU priority (Linux's nice applies to one thread): requests come first."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RECORDER_NICE)
+    except OSError:
+        logger.debug("could not lower the journal recorder's priority", exc_info=True)
+
+
 def web_records() -> bool:
     """Whether a web process's recorder writes the journal now: only while no queue worker is alive.
 
-    Live workers record it in their maintenance (queries/worker.py), so that a cache hit costs the
-    web no database work; the web's recorder is for a deployment running without workers.
+    Live workers record it in recorders of their own (queries/worker.py), so that a cache hit costs
+    the web no database work; the web's recorder is for a deployment running without workers.
     """
     return not workers_alive(redis=redis_client())
 
@@ -390,11 +426,12 @@ _recorder: _Recorder | None = None
 _recorder_lock = threading.Lock()
 
 
-def recorder_start() -> None:
-    """Start this process's recorder thread (once; again in a forked child).
+def recorder_start(*, worker: bool = False) -> None:
+    """Start this process's recorder thread (once; again in a forked child); ``worker`` for a queue
+    worker's, which always records.
 
-    gunicorn's workers start one (gateway_project/gunicorn.conf.py); a command that answers a hit
-    (gateway_query) leaves its record to them and to the workers.
+    gunicorn's workers start one (gateway_project/gunicorn.conf.py), and so does every queue worker
+    (queries/worker.py); a command that answers a hit (gateway_query) leaves its record to them.
     """
     global _recorder
     if not settings.CACHE_HIT_JOURNAL or not settings.JOURNAL_RECORDER:
@@ -402,7 +439,7 @@ def recorder_start() -> None:
     with _recorder_lock:
         if _recorder is not None and _recorder.pid == os.getpid() and _recorder.is_alive():
             return
-        _recorder = _Recorder()
+        _recorder = _Recorder(worker=worker)
         _recorder.start()
 
 
