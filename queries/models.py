@@ -331,15 +331,17 @@ class QueryRequest(models.Model):
         OPENAI = "openai", "OpenAI Chat Completions (/v1/chat/completions)"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Every cache hit inserts a row, so the table keeps only the indexes its reads need: the two
+    # foreign keys lead the composite indexes below, and the hash is only ever compared whole.
     api_key = models.ForeignKey(
-        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests", db_index=False
     )
     api = models.CharField(
         max_length=16, choices=Api.choices, default=Api.NATIVE, help_text="The API the request came through."
     )
-    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="requests")
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="requests", db_index=False)
     query = models.TextField()
-    hash = models.CharField(max_length=64, db_index=True)
+    hash = models.CharField(max_length=64)
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     model = models.CharField(max_length=100, blank=True, default="")
     webhook_url = models.CharField(max_length=2048, blank=True, default="")
@@ -354,6 +356,7 @@ class QueryRequest(models.Model):
             # The visibility check of GET /api/query/{jobId}: does one of this key's requests point here?
             models.Index(fields=["job", "api_key"], name="request_job_key_idx"),
             models.Index(fields=["api_key", "created_at"], name="request_key_created_idx"),
+            models.Index(fields=["hash"], name="request_hash_idx"),
         ]
 
     def __str__(self) -> str:
