@@ -8,6 +8,7 @@ answer to compare with.
 from __future__ import annotations
 
 import json
+import threading
 from unittest import mock
 
 import pytest
@@ -213,6 +214,24 @@ def test_the_web_records_the_journal_only_while_no_worker_is_alive(cached):
     assert not journal.web_records()  # its own recorder does (tests/test_e2e.py)
     worker.register_death()
     assert journal.web_records()
+
+
+def test_a_drain_ends_between_batches_once_its_recorder_is_stopping(cached, monkeypatch):
+    _, key, _ = cached
+    for _ in range(3):
+        wsgi_post({"query": QUERY}, key=key)
+    stopping = threading.Event()
+    flush = journal.journal_flush
+
+    def one_then_stop(*, consumer):
+        handled = flush(consumer=consumer, count=1)
+        stopping.set()  # the worker stops while the first batch is written
+        return handled
+
+    monkeypatch.setattr(journal, "journal_flush", one_then_stop)
+    assert journal.journal_drain(consumer="worker:1", stopping=stopping) == 1
+    assert QueryRequest.objects.filter(outcome="cached").count() == 1
+    assert redis_client().xlen(journal.STREAM_KEY) == 2
 
 
 def test_an_entry_delivered_twice_is_one_row(cached):

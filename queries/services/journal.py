@@ -314,10 +314,11 @@ def journal_flush(*, consumer: str | None = None, block_ms: int | None = None, c
     return len(ids)
 
 
-def journal_drain(*, consumer: str | None = None) -> int:
-    """Flush until the journal has nothing left to give this consumer (workers, reconcile, tests)."""
+def journal_drain(*, consumer: str | None = None, stopping: threading.Event | None = None) -> int:
+    """Flush until the journal has nothing left to give this consumer, or ``stopping`` is set between
+    batches (workers' recorders, reconcile, tests)."""
     total = 0
-    while (handled := journal_flush(consumer=consumer)) > 0:
+    while not (stopping and stopping.is_set()) and (handled := journal_flush(consumer=consumer)) > 0:
         total += handled
     return total
 
@@ -362,7 +363,8 @@ class _Recorder(threading.Thread):
             try:
                 if self.worker:
                     close_old_connections()
-                    handled = journal_drain(consumer=consumer)
+                    # A stop ends the drain between batches: a backlog can be long after an outage.
+                    handled = journal_drain(consumer=consumer, stopping=self.stopping)
                 elif web_records():
                     close_old_connections()
                     # Blocks up to `interval` when the journal is empty.
