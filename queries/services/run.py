@@ -315,6 +315,8 @@ def _run_planned(*, plan: sessions.SessionPlan, config: RunnerConfig, hooks: _Ru
     except OSError as exc:
         reason = f"the session file could not be restored: {exc}"
         fallback = sessions.session_fallback(job=job, invocation=plan.fresh or plan.invocation, reason=reason)
+        # No on_answer: the answer's session check follows the plan it was made for, not this one,
+        # so this run's answer is recorded after the CLI exits.
         return runner.run_claude(
             fallback.invocation,
             config,
